@@ -1,0 +1,39 @@
+"""ppl: programmable inference for NumPyro.
+
+Objectives written as programs become unbiased gradient estimators with a strategy per
+sample site (pathwise, REINFORCE with baselines, enumeration, measure-valued
+derivatives), usable as NumPyro ``SVI`` losses.
+"""
+
+from . import objectives
+from .core import (
+    MVD,
+    Enum,
+    Expectation,
+    Implicit,
+    Reinforce,
+    Reparam,
+    Simulation,
+    Strategy,
+    StrategyError,
+    density,
+    enum,
+    expectation,
+    implicit,
+    mvd,
+    particles,
+    reinforce,
+    reparam,
+    simulate,
+    strategy,
+)
+from .infer import Objective, objective
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Expectation", "expectation", "Simulation", "simulate", "density", "particles",
+    "Strategy", "StrategyError", "Reparam", "Implicit", "Reinforce", "Enum", "MVD",
+    "reparam", "implicit", "reinforce", "enum", "mvd", "strategy",
+    "Objective", "objective", "objectives",
+]

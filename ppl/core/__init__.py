@@ -1,0 +1,25 @@
+"""The transformation: expectations, strategies, continuations, surrogates."""
+
+from .constructs import Simulation, density, particles, simulate
+from .expectation import Expectation, expectation
+from .strategies import (
+    MVD,
+    Enum,
+    Implicit,
+    Reinforce,
+    Reparam,
+    Strategy,
+    StrategyError,
+    enum,
+    implicit,
+    mvd,
+    reinforce,
+    reparam,
+    strategy,
+)
+
+__all__ = [
+    "Expectation", "expectation", "Simulation", "simulate", "density", "particles",
+    "Strategy", "StrategyError", "Reparam", "Implicit", "Reinforce", "Enum", "MVD",
+    "reparam", "implicit", "reinforce", "enum", "mvd", "strategy",
+]

@@ -1,0 +1,177 @@
+"""Constructs for writing objectives: ``simulate``, ``density`` and ``particles``."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpyro
+from jax import random
+from numpyro.handlers import block, seed, substitute, trace
+from numpyro.primitives import Messenger
+
+from .distributions import log_prob
+from .runtime import RunState, SiteInfo, apply_strategies, current_run
+
+
+class Simulation(NamedTuple):
+    """A guide run: ``values`` of its sample (and plate) sites, ``log_prob`` = log q(values)."""
+
+    values: dict
+    log_prob: Any
+    trace: dict
+
+
+def site_log_prob(site) -> Any:
+    """Summed, scaled log density of one traced sample site."""
+    lp = log_prob(site["fn"], site["value"])
+    if site.get("scale") is not None:
+        lp = site["scale"] * lp
+    return jnp.sum(lp)
+
+
+def simulate(guide: Callable, *args, **kwargs) -> Simulation:
+    """Run ``guide``; its sample sites are random choices of the enclosing expectation.
+
+    Returns the values (by site name, plate subsample indices included so that
+    :func:`density` sees the same minibatch) and ``log q(values)`` (scaled by plates).
+    """
+    tr = trace(guide).get_trace(*args, **kwargs)
+    values, lp = {}, jnp.zeros(())
+    for name, site in tr.items():
+        if site["type"] == "sample":
+            values[name] = site["value"]
+            if not site["is_observed"]:
+                lp = lp + site_log_prob(site)
+        elif site["type"] == "plate":
+            values[name] = site["value"]
+    return Simulation(values, lp, tr)
+
+
+class _require_values(Messenger):
+    def __init__(self, fn, values, what):
+        self.values, self.what = values, what
+        super().__init__(fn)
+
+    def process_message(self, msg):
+        if msg["type"] == "sample" and not msg["is_observed"] and msg["name"] not in self.values:
+            raise ValueError(
+                f"{self.what}: latent site '{msg['name']}' of the model has no value; "
+                f"given values for {sorted(self.values)}"
+            )
+
+
+def density(model: Callable, values: dict, *args, **kwargs):
+    """Log joint density ``log p(values, observations)`` of ``model`` (scaled by plates).
+
+    Every latent site of ``model`` must have a value in ``values`` (extra entries are
+    ignored). The model's sites are not random choices of the enclosing expectation.
+    """
+    if not isinstance(values, dict):
+        raise TypeError(f"ppl.density: values must be a dict of site values, got {type(values)}")
+    fn = _require_values(substitute(model, data=values), values, "ppl.density")
+    fn = block(fn, hide_fn=lambda msg: msg["type"] == "sample")
+    tr = trace(fn).get_trace(*args, **kwargs)
+    total = jnp.zeros(())
+    for name, site in tr.items():
+        if site["type"] == "sample":
+            _check_shape(name, site)
+            total = total + site_log_prob(site)
+    return total
+
+
+def _check_shape(name, site):
+    value_shape = jnp.shape(site["value"])
+    fn_shape = tuple(site["fn"].shape())
+    try:
+        jax.lax.broadcast_shapes(value_shape, fn_shape)
+    except ValueError:
+        raise ValueError(
+            f"site '{name}': value of shape {value_shape} does not fit the model's "
+            f"distribution of shape {fn_shape}"
+        ) from None
+
+
+def particles(fn: Callable, num_particles: int) -> Callable:
+    """``particles(fn, K)(*args)`` runs ``fn`` K times independently, vectorized with vmap.
+
+    Returns ``fn``'s output stacked on a leading axis of size K. Inside an expectation,
+    the K runs are K independent random choices; a ``reinforce(baseline="loo")`` site in
+    ``fn`` uses as baseline the program's value with this particle's output replaced by
+    the mean of the other particles' outputs (VIMCO-style for log weights).
+    """
+    if not isinstance(num_particles, int) or num_particles < 1:
+        raise ValueError(f"ppl.particles: num_particles must be a positive int, got {num_particles!r}")
+
+    def run(*args, **kwargs):
+        key = numpyro.prng_key()
+        if key is None:
+            raise RuntimeError(
+                "ppl.particles needs a random key: call it inside ppl.expectation or under "
+                "numpyro.handlers.seed"
+            )
+        keys = random.split(key, num_particles)
+        parent = current_run()
+        if parent is None:
+            return jax.vmap(lambda k: seed(fn, k)(*args, **kwargs))(keys)
+        return _particles_in_run(parent, fn, num_particles, keys, args, kwargs)
+
+    return run
+
+
+def _particles_in_run(parent: RunState, fn, K, keys, args, kwargs):
+    flat, count = parent.particle
+
+    def one(k, key):
+        child = RunState(
+            parent.mode,
+            combo=parent.combo,
+            target=parent.target,
+            sites=parent.sites,
+            particle=(flat * K + k, count * K),
+            parent=parent,
+        )
+        with apply_strategies(state=child, isolate=True), seed(rng_seed=key):
+            out = fn(*args, **kwargs)
+        local = {o: (th, cf) for o, (th, cf, _) in child.local.items()}
+        return out, (child.score, child.extra, child.loo_score, local), child.has_loo
+
+    has_loo = []
+
+    def traced(k, key):
+        out, recs, loo = one(k, key)
+        has_loo.append(loo)
+        return out, recs
+
+    out, (score, extra, loo_score, local) = jax.vmap(traced)(jnp.arange(K), keys)
+    order = parent.next_order()
+    if parent.mode == "discover":
+        if has_loo[0] and parent.in_particles():
+            raise ValueError("reinforce baseline 'loo' is supported in non-nested ppl.particles only")
+        parent.sites.append(SiteInfo("particles", order, "particles", K * count, loo=has_loo[0], num_particles=K))
+        return out
+    parent.score = parent.score + jnp.sum(score)
+    parent.extra = parent.extra + jnp.sum(extra)
+    for o, (th, cf) in local.items():  # (K, P, n) -> (P, K * n)
+        p = th.shape[1]
+        parent.local[o] = (
+            jnp.swapaxes(th, 0, 1).reshape(p, -1),
+            jnp.swapaxes(cf, 0, 1).reshape(p, -1),
+            parent.top.enum_lw,
+        )
+    info = parent.by_order[order]
+    if info.loo:
+        if parent.mode == "main":
+            parent.loo[order] = (loo_score, parent.enum_lw)
+        else:
+            target = parent.target
+            hit = target.order == order
+            k = jnp.clip(target.element, 0, K - 1)
+
+            def leave_one_out(leaf):
+                others = (jnp.sum(leaf, axis=0) - leaf[k]) / max(K - 1, 1)
+                return jnp.where(hit, leaf.at[k].set(others), leaf)
+
+            out = jax.tree.map(leave_one_out, out)
+    return out

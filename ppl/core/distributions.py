@@ -1,0 +1,79 @@
+"""Distribution helpers shared by the strategies: unwrapping and gradient-safe log densities.
+
+NumPyro's ``Bernoulli(logits=l).log_prob`` (and ``Binomial(logits=...)``) has a wrong
+gradient at exactly ``l = 0`` under jax 0.10 (it differentiates ``max(l, 0)`` with a
+one-sided rule). Zero-initialized logits are the most common start, so every score
+term, enumeration weight and density term in ppl goes through :func:`log_prob`, which
+computes those families with ``log_sigmoid`` instead.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpyro.distributions as dist
+from jax.scipy.special import gammaln
+from numpyro.distributions.util import sum_rightmost
+
+_WRAPPERS = (dist.ExpandedDistribution, dist.Independent, dist.MaskedDistribution)
+
+
+def base_distribution(fn: dist.Distribution) -> dist.Distribution:
+    """Strip ``expand`` / ``to_event`` / ``mask`` wrappers."""
+    while isinstance(fn, _WRAPPERS):
+        fn = fn.base_dist
+    return fn
+
+
+def is_reparameterized(fn: dist.Distribution) -> bool:
+    return bool(getattr(fn, "has_rsample", False))
+
+
+def log_prob(fn: dist.Distribution, value):
+    """``fn.log_prob(value)`` with correct gradients for logits-parameterized families."""
+    if isinstance(fn, dist.ExpandedDistribution):
+        lp = log_prob(fn.base_dist, value)
+        shape = jax.lax.broadcast_shapes(
+            tuple(fn.batch_shape), jnp.shape(value)[: jnp.ndim(value) - fn.event_dim]
+        )
+        return jnp.broadcast_to(lp, shape)
+    if isinstance(fn, dist.Independent):
+        return sum_rightmost(log_prob(fn.base_dist, value), fn.reinterpreted_batch_ndims)
+    if isinstance(fn, dist.MaskedDistribution):
+        mask = fn._mask
+        if mask is False:
+            return jnp.zeros(jnp.shape(fn.base_dist.log_prob(value)))
+        if mask is True:
+            return log_prob(fn.base_dist, value)
+        safe = jnp.where(
+            jnp.reshape(mask, jnp.shape(mask) + (1,) * fn.event_dim),
+            value,
+            fn.base_dist.support.feasible_like(value),
+        )
+        return jnp.where(mask, log_prob(fn.base_dist, safe), 0.0)
+    if isinstance(fn, dist.BernoulliLogits):
+        return value * jax.nn.log_sigmoid(fn.logits) + (1 - value) * jax.nn.log_sigmoid(
+            -fn.logits
+        )
+    if isinstance(fn, dist.BinomialLogits):
+        n = fn.total_count
+        log_comb = gammaln(n + 1) - gammaln(value + 1) - gammaln(n - value + 1)
+        return (
+            log_comb
+            + value * jax.nn.log_sigmoid(fn.logits)
+            + (n - value) * jax.nn.log_sigmoid(-fn.logits)
+        )
+    return fn.log_prob(value)
+
+
+def num_elements(fn: dist.Distribution, value) -> int:
+    """Number of conditionally independent scalar choices in a site's value."""
+    base = base_distribution(fn)
+    return int(max(1, jnp.size(value) // max(1, _event_size(base))))
+
+
+def _event_size(fn: dist.Distribution) -> int:
+    size = 1
+    for d in fn.event_shape:
+        size *= d
+    return size

@@ -1,0 +1,221 @@
+"""One run of an expectation program under ppl's strategy handler.
+
+A run is ``seed(f, key)`` with :class:`apply_strategies` installed. Three modes:
+
+* ``discover`` (under ``jax.eval_shape``): list the random choices, their strategies and
+  sizes, in execution order; nothing is computed.
+* ``main``: jointly-enumerated sites are forced to one combination of values; records the
+  pieces of the surrogate (score terms, enumeration weights, per-element parameters).
+* ``replay``: like ``main``, plus one *target* changed: one element of one local
+  (mvd / batched enum) site set to one alternative, or one particle of a
+  :func:`ppl.particles` output replaced by the mean of the others (leave-one-out).
+
+Forced values are written in ``postprocess_message``, after NumPyro's ``seed`` has split
+its key, so every later site draws with the same key in every run (seeded replay).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from numpyro.primitives import Messenger
+
+from .distributions import base_distribution, log_prob, num_elements
+from .mvd import enum_rule, mvd_rule
+from .strategies import Enum, MVD, Reinforce, StrategyError, resolve_strategy
+
+_STACK: list = []  # active runs (innermost last)
+
+
+def box(x):
+    """DiCE 'magic box': value 1, gradient d x."""
+    return jnp.exp(x - lax.stop_gradient(x))
+
+
+@dataclasses.dataclass
+class SiteInfo:
+    """Static description of one random choice (or one particles construct)."""
+
+    name: str
+    order: int
+    kind: str  # "reparam" | "reinforce" | "joint_enum" | "local" | "particles"
+    num_elements: int = 1  # elements including enclosing particle dimensions
+    num_alternatives: int = 0
+    support_size: int = 0
+    pairs: tuple = ()
+    num_params: int = 0
+    loo: bool = False  # particles construct: some site inside uses baseline="loo"
+    num_particles: int = 0
+
+
+@dataclasses.dataclass
+class Target:
+    """Traced description of what a replay changes."""
+
+    order: Any  # int32 scalar; -1 for none
+    element: Any  # int32 scalar
+    alternative: Any  # int32 scalar
+
+
+class RunState:
+    """State of one run (mode, forced values, records). Nested inside particles runs."""
+
+    def __init__(self, mode, combo=None, target=None, sites=None, particle=None, parent=None):
+        self.mode = mode
+        self.combo = combo  # {order: index into support} for joint-enum sites
+        self.target = target
+        self.sites: list[SiteInfo] = sites if sites is not None else []
+        self.by_order = {s.order: s for s in self.sites}
+        self.parent = parent
+        # particle coordinates of this run: (flat index, count) over enclosing particles
+        self.particle = particle if particle is not None else (jnp.int32(0), 1)
+        self.counter = parent.counter if parent is not None else [0]
+        self.enum_lw = jnp.zeros(())  # sum of joint-enum log weights (main)
+        self.lw_up = jnp.zeros(())  # joint-enum log weight before the target (replay)
+        self.lw_down = jnp.zeros(())  # ... after it
+        self.score = jnp.zeros(())  # sum of reinforce log probs
+        self.extra = jnp.zeros(())  # user-value baseline terms
+        self.loo_score = jnp.zeros(())  # reinforce log probs of loo sites (inside particles)
+        self.local: dict[int, tuple] = {}  # order -> (theta, coef, lw_up)
+        self.loo: dict[int, tuple] = {}  # particles order -> (loo score (K,), lw_up)
+        self.has_loo = False  # discover: a site in this particles run uses baseline="loo"
+
+    def next_order(self) -> int:
+        order = self.counter[0]
+        self.counter[0] += 1
+        return order
+
+    @property
+    def top(self) -> "RunState":
+        return self if self.parent is None else self.parent.top
+
+    def in_particles(self) -> bool:
+        return self.parent is not None
+
+
+def current_run() -> RunState | None:
+    return _STACK[-1] if _STACK else None
+
+
+class apply_strategies(Messenger):
+    """Apply each sample site's gradient strategy for the run ``state``."""
+
+    def __init__(self, fn=None, state: RunState | None = None, isolate: bool = False):
+        self.state = state
+        self.isolate = isolate  # particles: hide the inner sites from the outer run
+        super().__init__(fn)
+
+    def __enter__(self):
+        _STACK.append(self.state)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        _STACK.pop()
+        return super().__exit__(*exc)
+
+    def process_message(self, msg):
+        if msg["type"] == "sample" and not msg["is_observed"]:
+            msg["infer"] = dict(msg.get("infer") or {})  # never mutate the user's dict
+            if self.isolate:
+                msg["stop"] = True
+
+    def postprocess_message(self, msg):
+        if msg["type"] != "sample" or msg["is_observed"]:
+            return
+        state = self.state
+        name, fn, x = msg["name"], msg["fn"], msg["value"]
+        spec = msg["infer"].get("grad")
+        strat = resolve_strategy(name, fn, spec)
+        order = state.next_order()
+        if state.mode == "discover":
+            state.sites.append(_describe(name, order, fn, x, strat, state))
+            if isinstance(strat, Reinforce) and strat.baseline == "loo":
+                if not state.in_particles():
+                    raise StrategyError(
+                        f"site '{name}': reinforce baseline 'loo' needs the site inside "
+                        "ppl.particles (leave-one-out is across particles)"
+                    )
+                state.has_loo = True
+            return
+        info = state.by_order[order]
+        if info.kind in ("reparam",):
+            return
+        x = lax.stop_gradient(x)
+        if info.kind == "reinforce":
+            lp = jnp.sum(log_prob(fn, x))
+            state.score = state.score + lp
+            baseline = strat.baseline
+            if isinstance(baseline, str):
+                if baseline == "loo":
+                    state.loo_score = state.loo_score + lp
+            else:
+                state.extra = state.extra + (1.0 - box(lp)) * lax.stop_gradient(
+                    jnp.sum(jnp.asarray(baseline))
+                )
+        elif info.kind == "joint_enum":
+            support = base_distribution(fn).enumerate_support(expand=False).reshape(-1)
+            x = support[state.combo[order]].astype(jnp.result_type(x))
+            x = jnp.broadcast_to(x, jnp.shape(msg["value"]))
+            lp = jnp.sum(log_prob(fn, x))
+            state.enum_lw = state.enum_lw + lp
+            if state.mode == "replay":
+                before = order < state.target.order
+                state.lw_up = state.lw_up + jnp.where(before, lp, 0.0)
+                state.lw_down = state.lw_down + jnp.where(before, 0.0, lp)
+        elif info.kind == "local":
+            rule = _local_rule(name, fn, strat)
+            if state.mode == "main":
+                theta, coef = rule.parameters(fn, x)
+                p = theta.shape[0]
+                state.local[order] = (theta.reshape(p, -1), coef.reshape(p, -1), state.top.enum_lw)
+            else:
+                x = _apply_target(state, info, rule, fn, x, msg["kwargs"].get("rng_key"))
+        msg["value"] = x
+        msg["intermediates"] = []
+
+
+def _local_rule(name, fn, strat):
+    return mvd_rule(name, fn) if isinstance(strat, MVD) else enum_rule(name, fn)
+
+
+def _apply_target(state, info, rule, fn, x, key):
+    """In a replay, set the targeted element of this site to the targeted alternative."""
+    target = state.target
+    key = jax.random.fold_in(key, 7) if key is not None else jax.random.PRNGKey(0)
+    alts = rule.alternatives(fn, x, key).reshape(rule.num_alternatives, -1)
+    local_n = alts.shape[1]
+    flat_particle, _ = state.particle
+    element = target.element - flat_particle * local_n  # element index inside this particle
+    hit = (target.order == info.order) & (element >= 0) & (element < local_n)
+    idx = jnp.clip(element, 0, local_n - 1)
+    new = alts[jnp.clip(target.alternative, 0, rule.num_alternatives - 1), idx]
+    flat = x.reshape(-1)
+    flat = jnp.where(hit, flat.at[idx].set(new), flat)
+    return flat.reshape(jnp.shape(x))
+
+
+def _describe(name, order, fn, x, strat, state) -> SiteInfo:
+    n_particles = state.particle[1]
+    n = num_elements(fn, x)
+    if isinstance(strat, Reinforce):
+        return SiteInfo(name, order, "reinforce", n * n_particles)
+    if isinstance(strat, Enum) and n == 1 and not state.in_particles():
+        size = base_distribution(fn).enumerate_support(expand=False).reshape(-1).shape[0]
+        return SiteInfo(name, order, "joint_enum", 1, support_size=int(size))
+    if isinstance(strat, (Enum, MVD)):
+        rule = _local_rule(name, fn, strat)
+        n_params = len({j for j, _ in rule.pairs})
+        return SiteInfo(
+            name,
+            order,
+            "local",
+            n * n_particles,
+            num_alternatives=rule.num_alternatives,
+            pairs=rule.pairs,
+            num_params=n_params,
+        )
+    return SiteInfo(name, order, "reparam", n * n_particles)

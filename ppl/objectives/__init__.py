@@ -1,0 +1,5 @@
+"""The objective library: each objective a short program in ppl's DSL."""
+
+from .elbo import elbo
+
+__all__ = ["elbo"]

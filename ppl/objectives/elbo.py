@@ -1,0 +1,28 @@
+"""The evidence lower bound, written in ppl's DSL."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from ..core.constructs import density, particles, simulate
+from ..infer.svi import Objective
+
+
+def elbo(num_particles: int = 1) -> Objective:
+    """ELBO = E_q[log p(x, z) - log q(z)], averaged over ``num_particles`` particles.
+
+    Correct for any mix of strategies on the guide's sites (discrete ones included).
+    """
+    if not isinstance(num_particles, int) or num_particles < 1:
+        raise ValueError(f"elbo: num_particles must be a positive int, got {num_particles!r}")
+
+    def single(model, guide, *args, **kwargs):
+        q = simulate(guide, *args, **kwargs)
+        return density(model, q.values, *args, **kwargs) - q.log_prob
+
+    def program(model, guide, *args, **kwargs):
+        if num_particles == 1:
+            return single(model, guide, *args, **kwargs)
+        return jnp.mean(particles(single, num_particles)(model, guide, *args, **kwargs))
+
+    return Objective(program, name=f"elbo(num_particles={num_particles})")
