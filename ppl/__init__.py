@@ -5,7 +5,7 @@ sample site (pathwise, REINFORCE with baselines, enumeration, measure-valued
 derivatives), usable as NumPyro ``SVI`` losses.
 """
 
-from . import objectives
+from . import objectives, validate
 from .core import (
     MVD,
     Enum,
@@ -35,5 +35,5 @@ __all__ = [
     "Expectation", "expectation", "Simulation", "simulate", "density", "particles",
     "Strategy", "StrategyError", "Reparam", "Implicit", "Reinforce", "Enum", "MVD",
     "reparam", "implicit", "reinforce", "enum", "mvd", "strategy",
-    "Objective", "objective", "objectives",
+    "Objective", "objective", "objectives", "validate",
 ]

@@ -12,7 +12,7 @@ from numpyro.handlers import block, seed, substitute, trace
 from numpyro.primitives import Messenger
 
 from .distributions import log_prob
-from .runtime import RunState, SiteInfo, apply_strategies, current_run
+from .runtime import RunState, SiteInfo, apply_strategies, current_run, record_terms
 
 
 class Simulation(NamedTuple):
@@ -23,12 +23,17 @@ class Simulation(NamedTuple):
     trace: dict
 
 
-def site_log_prob(site) -> Any:
-    """Summed, scaled log density of one traced sample site."""
+def site_log_prob_array(site) -> Any:
+    """Scaled log density of one traced sample site, per batch element."""
     lp = log_prob(site["fn"], site["value"])
     if site.get("scale") is not None:
         lp = site["scale"] * lp
-    return jnp.sum(lp)
+    return lp
+
+
+def site_log_prob(site) -> Any:
+    """Summed, scaled log density of one traced sample site."""
+    return jnp.sum(site_log_prob_array(site))
 
 
 def simulate(guide: Callable, *args, **kwargs) -> Simulation:
@@ -46,6 +51,7 @@ def simulate(guide: Callable, *args, **kwargs) -> Simulation:
                 lp = lp + site_log_prob(site)
         elif site["type"] == "plate":
             values[name] = site["value"]
+    record_terms(tr, -1.0, observed=False)
     return Simulation(values, lp, tr)
 
 
@@ -71,13 +77,14 @@ def density(model: Callable, values: dict, *args, **kwargs):
     if not isinstance(values, dict):
         raise TypeError(f"ppl.density: values must be a dict of site values, got {type(values)}")
     fn = _require_values(substitute(model, data=values), values, "ppl.density")
-    fn = block(fn, hide_fn=lambda msg: msg["type"] == "sample")
-    tr = trace(fn).get_trace(*args, **kwargs)
+    with block(hide_fn=lambda msg: msg["type"] == "sample"):
+        tr = trace(fn).get_trace(*args, **kwargs)
     total = jnp.zeros(())
     for name, site in tr.items():
         if site["type"] == "sample":
             _check_shape(name, site)
             total = total + site_log_prob(site)
+    record_terms(tr, 1.0, observed=True)
     return total
 
 

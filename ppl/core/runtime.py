@@ -50,6 +50,13 @@ class SiteInfo:
     num_params: int = 0
     loo: bool = False  # particles construct: some site inside uses baseline="loo"
     num_particles: int = 0
+    in_particles: bool = False
+    plate_dims: tuple = ()  # dims of the enclosing plates
+    batch_shape: tuple = ()
+    value_shape: tuple = ()
+    value_dtype: object = None
+    plate_aligned: bool = False  # every batch dim of size > 1 is a plate dim
+    fast: bool = False  # additive program: per-element values from one replay per alternative
 
 
 @dataclasses.dataclass
@@ -64,9 +71,13 @@ class Target:
 class RunState:
     """State of one run (mode, forced values, records). Nested inside particles runs."""
 
-    def __init__(self, mode, combo=None, target=None, sites=None, particle=None, parent=None):
+    def __init__(
+        self, mode, combo=None, target=None, sites=None, particle=None, parent=None, forced=None
+    ):
         self.mode = mode
-        self.combo = combo  # {order: index into support} for joint-enum sites
+        self.forced = forced or {}  # order -> value (provenance analysis)
+        self.terms: list = []  # (log prob array, plate dims, sign) from density / simulate
+        self.combo = combo if combo is not None else {}  # joint-enum order -> support index
         self.target = target
         self.sites: list[SiteInfo] = sites if sites is not None else []
         self.by_order = {s.order: s for s in self.sites}
@@ -101,6 +112,19 @@ def current_run() -> RunState | None:
     return _STACK[-1] if _STACK else None
 
 
+def record_terms(trace, sign: float, observed: bool) -> None:
+    """Record per-site log-density arrays of a density / simulate trace in the current run."""
+    from .constructs import site_log_prob_array  # local: constructs imports this module
+
+    state = current_run()
+    if state is None or state.in_particles():
+        return
+    for site in trace.values():
+        if site["type"] == "sample" and (observed or not site["is_observed"]):
+            dims = tuple(f.dim for f in site.get("cond_indep_stack") or [])
+            state.terms.append((site_log_prob_array(site), dims, sign))
+
+
 class apply_strategies(Messenger):
     """Apply each sample site's gradient strategy for the run ``state``."""
 
@@ -132,7 +156,8 @@ class apply_strategies(Messenger):
         strat = resolve_strategy(name, fn, spec)
         order = state.next_order()
         if state.mode == "discover":
-            state.sites.append(_describe(name, order, fn, x, strat, state))
+            frames = msg.get("cond_indep_stack") or []
+            state.sites.append(_describe(name, order, fn, x, strat, state, frames))
             if isinstance(strat, Reinforce) and strat.baseline == "loo":
                 if not state.in_particles():
                     raise StrategyError(
@@ -169,6 +194,8 @@ class apply_strategies(Messenger):
         elif info.kind == "local":
             rule = _local_rule(name, fn, strat)
             if state.mode == "main":
+                if order in state.forced:
+                    x = state.forced[order]
                 theta, coef = rule.parameters(fn, x)
                 p = theta.shape[0]
                 state.local[order] = (theta.reshape(p, -1), coef.reshape(p, -1), state.top.enum_lw)
@@ -190,17 +217,25 @@ def _apply_target(state, info, rule, fn, x, key):
     local_n = alts.shape[1]
     flat_particle, _ = state.particle
     element = target.element - flat_particle * local_n  # element index inside this particle
+    alt = alts[jnp.clip(target.alternative, 0, rule.num_alternatives - 1)]
+    flat = x.reshape(-1)
+    if info.fast:  # element -1: every element at once (terms are read per element)
+        hit = (target.order == info.order) & (target.element < 0)
+        return jnp.where(hit, alt, flat).reshape(jnp.shape(x))
     hit = (target.order == info.order) & (element >= 0) & (element < local_n)
     idx = jnp.clip(element, 0, local_n - 1)
-    new = alts[jnp.clip(target.alternative, 0, rule.num_alternatives - 1), idx]
-    flat = x.reshape(-1)
-    flat = jnp.where(hit, flat.at[idx].set(new), flat)
+    flat = jnp.where(hit, flat.at[idx].set(alt[idx]), flat)
     return flat.reshape(jnp.shape(x))
 
 
-def _describe(name, order, fn, x, strat, state) -> SiteInfo:
+def _describe(name, order, fn, x, strat, state, frames) -> SiteInfo:
     n_particles = state.particle[1]
     n = num_elements(fn, x)
+    dims = tuple(f.dim for f in frames)
+    batch = tuple(jnp.shape(x))[: jnp.ndim(x) - len(fn.event_shape)]
+    aligned = not fn.event_shape and all(
+        size == 1 or (i - len(batch)) in dims for i, size in enumerate(batch)
+    )
     if isinstance(strat, Reinforce):
         return SiteInfo(name, order, "reinforce", n * n_particles)
     if isinstance(strat, Enum) and n == 1 and not state.in_particles():
@@ -217,5 +252,11 @@ def _describe(name, order, fn, x, strat, state) -> SiteInfo:
             num_alternatives=rule.num_alternatives,
             pairs=rule.pairs,
             num_params=n_params,
+            in_particles=state.in_particles(),
+            plate_dims=dims,
+            batch_shape=batch,
+            value_shape=tuple(jnp.shape(x)),
+            value_dtype=jnp.result_type(x),
+            plate_aligned=aligned,
         )
     return SiteInfo(name, order, "reparam", n * n_particles)

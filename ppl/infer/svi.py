@@ -22,8 +22,9 @@ class Objective:
 
     can_infer_discrete = True
 
-    def __init__(self, program: Callable, name: str | None = None):
+    def __init__(self, program: Callable, name: str | None = None, additive: bool = False):
         self.program = program
+        self.additive = additive
         self.name = name or getattr(program, "__name__", "objective")
         functools.update_wrapper(self, program, updated=[])
 
@@ -45,7 +46,7 @@ class Objective:
         program.__name__ = self.name
         if params is not None:
             program = substitute(program, data=params)
-        return Expectation(program)
+        return Expectation(program, additive=self.additive)
 
     def estimate(self, rng_key, params, model, guide, *args, **kwargs):
         """Differentiable unbiased estimate of the objective at ``params``."""
@@ -78,8 +79,12 @@ def _mutable_sites(rng_key, params, model, guide, args, kwargs):
     return state
 
 
-def objective(program: Callable | None = None, *, name: str | None = None):
+def objective(program: Callable | None = None, *, name: str | None = None, additive=False):
     """Decorator: ``@ppl.objective`` turns ``program(model, guide, *args)`` into an SVI loss.
+
+    ``additive=True`` declares an ELBO-like program (value = density terms - simulate log
+    probabilities), enabling O(N |support|) per-element corrections in plates
+    (see :func:`ppl.expectation`).
 
     Example::
 
@@ -91,5 +96,5 @@ def objective(program: Callable | None = None, *, name: str | None = None):
         svi = SVI(model, guide, optax.adam(1e-2), loss=my_elbo)
     """
     if program is None:
-        return lambda p: Objective(p, name=name)
-    return Objective(program, name=name)
+        return lambda p: Objective(p, name=name, additive=additive)
+    return Objective(program, name=name, additive=additive)

@@ -25,4 +25,6 @@ def elbo(num_particles: int = 1) -> Objective:
             return single(model, guide, *args, **kwargs)
         return jnp.mean(particles(single, num_particles)(model, guide, *args, **kwargs))
 
-    return Objective(program, name=f"elbo(num_particles={num_particles})")
+    return Objective(
+        program, name=f"elbo(num_particles={num_particles})", additive=num_particles == 1
+    )
