@@ -19,7 +19,23 @@ from .strategies import (
 )
 
 __all__ = [
-    "Expectation", "expectation", "Simulation", "simulate", "density", "particles",
-    "Strategy", "StrategyError", "Reparam", "Implicit", "Reinforce", "Enum", "MVD",
-    "reparam", "implicit", "reinforce", "enum", "mvd", "strategy",
+    "Expectation",
+    "expectation",
+    "Simulation",
+    "simulate",
+    "density",
+    "particles",
+    "Strategy",
+    "StrategyError",
+    "Reparam",
+    "Implicit",
+    "Reinforce",
+    "Enum",
+    "MVD",
+    "reparam",
+    "implicit",
+    "reinforce",
+    "enum",
+    "mvd",
+    "strategy",
 ]

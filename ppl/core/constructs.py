@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+import warnings
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +41,7 @@ def site_log_prob(site) -> Any:
 def simulate(guide: Callable, *args, **kwargs) -> Simulation:
     """Run ``guide``; its sample sites are random choices of the enclosing expectation.
 
-    Returns the values (by site name, plate subsample indices included so that
+    Returns the values (by site name, and the indices of subsampled plates so that
     :func:`density` sees the same minibatch) and ``log q(values)`` (scaled by plates).
     """
     tr = trace(guide).get_trace(*args, **kwargs)
@@ -49,8 +51,8 @@ def simulate(guide: Callable, *args, **kwargs) -> Simulation:
             values[name] = site["value"]
             if not site["is_observed"]:
                 lp = lp + site_log_prob(site)
-        elif site["type"] == "plate":
-            values[name] = site["value"]
+        elif site["type"] == "plate" and site["args"][1] not in (None, site["args"][0]):
+            values[name] = site["value"]  # a subsampled plate: the model sees the same minibatch
     record_terms(tr, -1.0, observed=False)
     return Simulation(values, lp, tr)
 
@@ -109,10 +111,14 @@ def particles(fn: Callable, num_particles: int) -> Callable:
     the mean of the other particles' outputs (VIMCO-style for log weights).
     """
     if not isinstance(num_particles, int) or num_particles < 1:
-        raise ValueError(f"ppl.particles: num_particles must be a positive int, got {num_particles!r}")
+        raise ValueError(
+            f"ppl.particles: num_particles must be a positive int, got {num_particles!r}"
+        )
 
     def run(*args, **kwargs):
-        key = numpyro.prng_key()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Cannot generate JAX PRNG key")
+            key = numpyro.prng_key()
         if key is None:
             raise RuntimeError(
                 "ppl.particles needs a random key: call it inside ppl.expectation or under "
@@ -155,8 +161,12 @@ def _particles_in_run(parent: RunState, fn, K, keys, args, kwargs):
     order = parent.next_order()
     if parent.mode == "discover":
         if has_loo[0] and parent.in_particles():
-            raise ValueError("reinforce baseline 'loo' is supported in non-nested ppl.particles only")
-        parent.sites.append(SiteInfo("particles", order, "particles", K * count, loo=has_loo[0], num_particles=K))
+            raise ValueError(
+                "reinforce baseline 'loo' is supported in non-nested ppl.particles only"
+            )
+        parent.sites.append(
+            SiteInfo("particles", order, "particles", K * count, loo=has_loo[0], num_particles=K)
+        )
         return out
     parent.score = parent.score + jnp.sum(score)
     parent.extra = parent.extra + jnp.sum(extra)

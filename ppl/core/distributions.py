@@ -52,9 +52,7 @@ def log_prob(fn: dist.Distribution, value):
         )
         return jnp.where(mask, log_prob(fn.base_dist, safe), 0.0)
     if isinstance(fn, dist.BernoulliLogits):
-        return value * jax.nn.log_sigmoid(fn.logits) + (1 - value) * jax.nn.log_sigmoid(
-            -fn.logits
-        )
+        return value * jax.nn.log_sigmoid(fn.logits) + (1 - value) * jax.nn.log_sigmoid(-fn.logits)
     if isinstance(fn, dist.BinomialLogits):
         n = fn.total_count
         log_comb = gammaln(n + 1) - gammaln(value + 1) - gammaln(n - value + 1)

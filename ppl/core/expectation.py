@@ -24,7 +24,8 @@ changed at once, read per element: O(N |support|) work instead of O(N^2 |support
 from __future__ import annotations
 
 import itertools
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -106,7 +107,7 @@ class Expectation:
         inputs = {f"s{s.order}": jnp.zeros(s.value_shape, s.value_dtype) for s in candidates}
         deps = eval_provenance(terms_of, **inputs)
         terms = []
-        for (dims, sign), dep in zip(meta, deps):
+        for (dims, sign), dep in zip(meta, deps, strict=True):
             orders = {int(name[1:]) for name in dep if name.startswith("s")}
             terms.append((dims, sign, orders))
         for s in candidates:
@@ -228,7 +229,7 @@ def _fast_values(site, terms, fast, offset):
     n_alt = site.num_alternatives
     n_comb = fast[0].shape[0]
     total = jnp.zeros((n_comb, n_alt, site.num_elements))
-    for t, (dims, sign, orders) in enumerate(terms):
+    for t, (_, sign, orders) in enumerate(terms):
         if site.order in orders:
             lp = fast[t][:, offset : offset + n_alt]
             total = total + sign * _per_element(lp, site)

@@ -12,7 +12,8 @@ support values, "parameters" are the probabilities q(v), c = 1.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +50,9 @@ def _support_rule(fn) -> LocalRule:
 
     def alternatives(fn, x, key):
         values = support.astype(jnp.result_type(x))
-        return jnp.broadcast_to(values.reshape((size,) + (1,) * jnp.ndim(x)), (size,) + jnp.shape(x))
+        return jnp.broadcast_to(
+            values.reshape((size,) + (1,) * jnp.ndim(x)), (size,) + jnp.shape(x)
+        )
 
     def parameters(fn, x):
         vals = alternatives(fn, x, None)

@@ -26,7 +26,7 @@ from numpyro.primitives import Messenger
 
 from .distributions import base_distribution, log_prob, num_elements
 from .mvd import enum_rule, mvd_rule
-from .strategies import Enum, MVD, Reinforce, StrategyError, resolve_strategy
+from .strategies import MVD, Enum, Reinforce, StrategyError, resolve_strategy
 
 _STACK: list = []  # active runs (innermost last)
 
@@ -101,7 +101,7 @@ class RunState:
         return order
 
     @property
-    def top(self) -> "RunState":
+    def top(self) -> RunState:
         return self if self.parent is None else self.parent.top
 
     def in_particles(self) -> bool:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +34,9 @@ def estimator_stats(estimator: Callable, key, num_samples: int, batch: int = 100
     """
     keys = jax.random.split(key, num_samples)
     run = jax.jit(jax.vmap(lambda k: _flat(estimator(k))))
-    chunks = [np.asarray(run(keys[i : i + batch]), np.float64) for i in range(0, num_samples, batch)]
+    chunks = [
+        np.asarray(run(keys[i : i + batch]), np.float64) for i in range(0, num_samples, batch)
+    ]
     samples = np.concatenate(chunks, axis=0)
     mean = samples.mean(0)
     stderr = samples.std(0, ddof=1) / np.sqrt(num_samples)
@@ -46,7 +49,12 @@ def _flat(tree):
 
 
 def check_unbiased(
-    estimator: Callable, exact, key, num_samples: int = 4000, n_sigma: float = 4.0, atol: float = 1e-6
+    estimator: Callable,
+    exact,
+    key,
+    num_samples: int = 4000,
+    n_sigma: float = 4.0,
+    atol: float = 1e-6,
 ) -> UnbiasedReport:
     """Raise ``AssertionError`` unless every coordinate satisfies |mean - exact| < n_sigma SE.
 
