@@ -1,5 +1,7 @@
 """The objective library: each objective a short program in ppl's DSL."""
 
 from .elbo import elbo
+from .importance import cubo, iwae, renyi, vimco
+from .weights import log_mean_exp, log_weight, log_weights
 
-__all__ = ["elbo"]
+__all__ = ["elbo", "iwae", "renyi", "vimco", "cubo", "log_weight", "log_weights", "log_mean_exp"]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from ..core.constructs import density, particles, simulate
+from ..core.constructs import particles
 from ..infer.svi import Objective
+from .weights import log_weight
 
 
 def elbo(num_particles: int = 1) -> Objective:
@@ -16,14 +17,10 @@ def elbo(num_particles: int = 1) -> Objective:
     if not isinstance(num_particles, int) or num_particles < 1:
         raise ValueError(f"elbo: num_particles must be a positive int, got {num_particles!r}")
 
-    def single(model, guide, *args, **kwargs):
-        q = simulate(guide, *args, **kwargs)
-        return density(model, q.values, *args, **kwargs) - q.log_prob
-
     def program(model, guide, *args, **kwargs):
         if num_particles == 1:
-            return single(model, guide, *args, **kwargs)
-        return jnp.mean(particles(single, num_particles)(model, guide, *args, **kwargs))
+            return log_weight(model, guide, *args, **kwargs)
+        return jnp.mean(particles(log_weight, num_particles)(model, guide, *args, **kwargs))
 
     return Objective(
         program, name=f"elbo(num_particles={num_particles})", additive=num_particles == 1

@@ -1,0 +1,43 @@
+"""The importance weight log p(x, z) - log q(z) of one guide sample: the shared building block."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from numpyro.primitives import Messenger
+
+from ..core.constructs import density, particles, simulate
+from ..core.distributions import is_reparameterized
+from ..core.strategies import Reinforce
+
+
+def log_weight(model, guide, *args, **kwargs):
+    """One sample z ~ q and its log weight log p(x, z) - log q(z)."""
+    q = simulate(guide, *args, **kwargs)
+    return density(model, q.values, *args, **kwargs) - q.log_prob
+
+
+def log_weights(model, guide, num_particles, *args, **kwargs):
+    """K independent log weights (vectorized), shape (K,)."""
+    return particles(lambda: log_weight(model, guide, *args, **kwargs), num_particles)()
+
+
+def log_mean_exp(x, axis=0):
+    """log (1/K) sum_k exp(x_k)."""
+    return jax.nn.logsumexp(x, axis=axis) - jnp.log(x.shape[axis])
+
+
+class default_reinforce(Messenger):
+    """Sites with no ``infer["grad"]`` and no rsample get ``reinforce(baseline)``."""
+
+    def __init__(self, fn=None, baseline="loo"):
+        self.baseline = baseline
+        super().__init__(fn)
+
+    def process_message(self, msg):
+        if msg["type"] != "sample" or msg["is_observed"]:
+            return
+        infer = dict(msg.get("infer") or {})
+        if infer.get("grad") is None and not is_reparameterized(msg["fn"]):
+            infer["grad"] = Reinforce(self.baseline)
+        msg["infer"] = infer
