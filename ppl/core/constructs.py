@@ -179,9 +179,9 @@ def _particles_in_run(parent: RunState, fn, K, keys, args, kwargs):
         )
     info = parent.by_order[order]
     if info.loo:
-        if parent.mode == "main":
+        if parent.mode in ("main", "provenance"):
             parent.loo[order] = (loo_score, parent.enum_lw)
-        else:
+        elif parent.mode == "replay":
             target = parent.target
             hit = target.order == order
             k = jnp.clip(target.element, 0, K - 1)

@@ -39,11 +39,20 @@ MAX_JOINT_COMBINATIONS = 1 << 16
 _NO_TARGET = Target(jnp.int32(-1), jnp.int32(0), jnp.int32(0))
 
 
+class TermInfo(NamedTuple):
+    """Static description of a log-density term of an additive program."""
+
+    dims: tuple
+    sign: float
+    name: str
+    orders: set  # orders of the analysed sites it depends on (provenance)
+
+
 class Plan(NamedTuple):
     """Static result of discovery: the random choices and, for additive programs, terms."""
 
     sites: list
-    terms: list  # (plate dims, sign, orders of the fast sites the term depends on)
+    terms: list  # TermInfo per log-density term (additive programs)
 
 
 def _scalar(value, where):
@@ -61,11 +70,12 @@ def _scalar(value, where):
 class Expectation:
     """The expectation of a program; see :func:`expectation`."""
 
-    def __init__(self, fn: Callable, additive: bool = False):
+    def __init__(self, fn: Callable, additive: bool = False, rao_blackwellize: bool = True):
         if not callable(fn):
             raise TypeError(f"ppl.expectation needs a callable program, got {type(fn)}")
         self.fn = fn
         self.additive = additive
+        self.rao_blackwellize = rao_blackwellize
 
     # -- runs -----------------------------------------------------------------------
     def _run(self, state, key, args, kwargs):
@@ -79,39 +89,56 @@ class Expectation:
         jax.eval_shape(lambda: self._run(state, key, args, kwargs))
         sites, terms = state.sites, []
         if self.additive:
-            terms = self._fast_plan(sites, key, args, kwargs)
+            terms = self._term_plan(sites, key, args, kwargs)
         return Plan(sites, terms)
 
-    def _fast_plan(self, sites, key, args, kwargs):
-        """Mark fast local sites; return per-term (dims, sign, fast sites it depends on)."""
+    def _term_plan(self, sites, key, args, kwargs):
+        """Which log-density terms depend on which site (provenance); mark fast / RB sites.
+
+        Returns per term (plate dims, sign, orders of the analysed sites it depends on).
+        """
         from numpyro.ops.provenance import eval_provenance
 
         last_joint = max((s.order for s in sites if s.kind == "joint_enum"), default=-1)
-        candidates = [
+        fast = [
             s
             for s in sites
             if s.kind == "local" and s.plate_aligned and not s.in_particles and s.order > last_joint
         ]
-        if not candidates:
+        rb = [s for s in sites if s.kind == "reinforce" and not s.in_particles]
+        if not self.rao_blackwellize:
+            rb = []
+        other_local = [
+            s for s in sites if s.kind == "local" and not s.in_particles and s not in fast
+        ]
+        analysed = fast + other_local + rb
+        if not analysed:
             return []
         combo = {s.order: jnp.int32(0) for s in sites if s.kind == "joint_enum"}
         meta = []
 
         def terms_of(**values):
-            forced = {s.order: values[f"s{s.order}"] for s in candidates}
-            state = RunState("main", combo, _NO_TARGET, sites, forced=forced)
+            forced = {s.order: values[f"s{s.order}"] for s in analysed}
+            state = RunState("provenance", combo, _NO_TARGET, sites, forced=forced)
             self._run(state, key, args, kwargs)
-            meta[:] = [(dims, sign) for _, dims, sign in state.terms]
-            return [lp for lp, _, _ in state.terms]
+            meta[:] = [(t.dims, t.sign, t.name) for t in state.terms]
+            return [t.lp for t in state.terms]
 
-        inputs = {f"s{s.order}": jnp.zeros(s.value_shape, s.value_dtype) for s in candidates}
+        inputs = {f"s{s.order}": jnp.zeros(s.value_shape, s.value_dtype) for s in analysed}
         deps = eval_provenance(terms_of, **inputs)
         terms = []
-        for (dims, sign), dep in zip(meta, deps, strict=True):
-            orders = {int(name[1:]) for name in dep if name.startswith("s")}
-            terms.append((dims, sign, orders))
-        for s in candidates:
-            s.fast = all(set(s.plate_dims) <= set(dims) for dims, _, o in terms if s.order in o)
+        for (dims, sign, name), dep in zip(meta, deps, strict=True):
+            orders = {int(d[1:]) for d in dep if d.startswith("s")}
+            terms.append(TermInfo(dims, sign, name, orders))
+
+        def in_plates(s):
+            return all(set(s.plate_dims) <= set(t.dims) for t in terms if s.order in t.orders)
+
+        for s in fast:
+            s.fast = in_plates(s)
+        for s in rb:
+            s.rao_blackwell = True
+            s.rb_aligned = s.plate_aligned and in_plates(s)
         return terms
 
     # -- the estimate ---------------------------------------------------------------
@@ -137,14 +164,21 @@ class Expectation:
         def main(combo):
             st = state_for("main", combo, _NO_TARGET)
             value = self._run(st, key, args, kwargs)
-            return value, st.score, st.extra, st.enum_lw, st.local, st.loo
+            terms = [t.lp for t in st.terms] if self.additive else []
+            return value, st.score, st.extra, st.enum_lw, st.local, st.loo, st.reinforce_lp, terms
 
         if n_comb == 1:
             outs = jax.tree.map(lambda x: x[None], main(combos[0]))
         else:
             outs = jax.vmap(main)(combos)
-        value, score, extra, enum_lw, local, loo = outs
-        estimate = jnp.sum(jnp.exp(enum_lw) * (value * box(score) + extra))
+        value, score, extra, enum_lw, local, loo, rb_lp, main_terms = outs
+        weight = jnp.exp(enum_lw)
+        estimate = jnp.sum(weight * (value * box(score) + extra))
+        for s in sites:
+            if s.kind == "reinforce" and s.rao_blackwell:
+                estimate = estimate + _rao_blackwell_term(s, plan.terms, rb_lp, main_terms, weight)
+        if self.rao_blackwellize:
+            estimate = estimate + _drop_own_score(sites, plan.terms, main_terms, weight)
 
         def replays(rows, terms):
             """Seeded replays for every (combination, row): (C, R) values or terms."""
@@ -155,7 +189,7 @@ class Expectation:
                 st = state_for("replay", combo, Target(row[0], row[1], row[2]))
                 value = self._run(st, key, args, kwargs)
                 if terms:
-                    return [lax.stop_gradient(lp) for lp, _, _ in st.terms]
+                    return [lax.stop_gradient(t.lp) for t in st.terms]
                 return lax.stop_gradient(jnp.exp(st.lw_down) * value)
 
             rows = jnp.asarray(rows)
@@ -229,21 +263,62 @@ def _fast_values(site, terms, fast, offset):
     n_alt = site.num_alternatives
     n_comb = fast[0].shape[0]
     total = jnp.zeros((n_comb, n_alt, site.num_elements))
-    for t, (_, sign, orders) in enumerate(terms):
-        if site.order in orders:
+    for t, info in enumerate(terms):
+        if site.order in info.orders:
             lp = fast[t][:, offset : offset + n_alt]
-            total = total + sign * _per_element(lp, site)
+            total = total + info.sign * _per_element(lp, site)
     return total
 
 
-def _per_element(lp, site):
-    """Sum a (C, A, *shape) term over dims that are not the site's plates -> (C, A, N)."""
-    lead, shape = lp.shape[:2], lp.shape[2:]
+def _rao_blackwell_term(site, terms, rb_lp, main_terms, weight):
+    """sum_c w_c sum_i (box(log q_i) - 1) sg(downstream cost_i): the score of each element
+    multiplies only the terms that depend on it (per element when they lie in its plates).
+    """
+    lp = rb_lp[site.order]  # (C, *value shape)
+    n_comb = lp.shape[0]
+    cost = jnp.zeros((n_comb, site.num_elements if site.rb_aligned else 1))
+    for t, info in enumerate(terms):
+        if site.order in info.orders:
+            term = main_terms[t]
+            if site.rb_aligned:
+                cost = cost + info.sign * _per_element(term, site, lead=1)
+            else:
+                cost = cost + info.sign * jnp.sum(term.reshape(n_comb, -1), axis=1, keepdims=True)
+    lp = lp.reshape(n_comb, -1)
+    if not site.rb_aligned:
+        lp = jnp.sum(lp, axis=1, keepdims=True)
+    inner = jnp.sum((box(lp) - 1.0) * lax.stop_gradient(cost), axis=1)
+    return jnp.sum(weight * inner)
+
+
+def _drop_own_score(sites, terms, main_terms, weight):
+    """Cancel the direct gradient of a non-reparameterized site's own -log q term.
+
+    At a fixed (stop-gradient) value z, E_q[grad log q_theta(z)] = 0: that part of the
+    additive program's gradient is pure noise, and removing it keeps the estimator
+    unbiased (TraceGraph_ELBO does the same).
+    """
+    names = [s.name for s in sites if s.kind != "particles"]
+    total = 0.0
+    for s in sites:
+        if s.kind not in ("reinforce", "local") or s.in_particles or names.count(s.name) != 1:
+            continue
+        own = [t for t, info in enumerate(terms) if info.name == s.name and info.sign < 0]
+        if len(own) != 1:
+            continue
+        lp = jnp.sum(main_terms[own[0]].reshape(weight.shape[0], -1), axis=1)
+        total = total + jnp.sum(weight * (lp - lax.stop_gradient(lp)))
+    return total
+
+
+def _per_element(lp, site, lead=2):
+    """Sum a (*lead, *shape) term over dims that are not the site's plates -> (*lead, N)."""
+    lead, shape = lp.shape[:lead], lp.shape[lead:]
     keep = set(site.plate_dims)
-    axes = tuple(2 + i for i in range(len(shape)) if (i - len(shape)) not in keep)
+    axes = tuple(len(lead) + i for i in range(len(shape)) if (i - len(shape)) not in keep)
     lp = jnp.sum(lp, axis=axes, keepdims=True)
     batch = site.batch_shape
-    core = lp.shape[2:]
+    core = lp.shape[len(lead) :]
     if len(core) >= len(batch):
         core = core[len(core) - len(batch) :]
     else:
@@ -266,12 +341,17 @@ def _local_term(site, replays, theta, coef, w_up):
     return jnp.sum(w_up * jnp.sum(inner, axis=(1, 2)))
 
 
-def expectation(fn: Callable, *, additive: bool = False) -> Expectation:
+def expectation(
+    fn: Callable, *, additive: bool = False, rao_blackwellize: bool = True
+) -> Expectation:
     """``E = ppl.expectation(f)``: ``E(key, *args)`` is a differentiable unbiased estimate.
 
     ``additive=True`` declares that ``f`` returns the sum of its ``ppl.density`` terms
     minus its ``ppl.simulate`` log probabilities (ELBO-like); plate sites with ``enum`` /
-    ``mvd`` then cost O(N |support|) instead of O(N^2 |support|).
+    ``mvd`` then cost O(N |support|) instead of O(N^2 |support|), and each ``reinforce``
+    score multiplies only the terms that depend on its site, element by element in plates
+    (Rao-Blackwellization, as NumPyro's ``TraceGraph_ELBO``; ``rao_blackwellize=False``
+    turns it off).
 
     Example::
 
@@ -282,4 +362,4 @@ def expectation(fn: Callable, *, additive: bool = False) -> Expectation:
         E = ppl.expectation(f)
         value, grad = E.value_and_grad(jax.random.PRNGKey(0), 0.4)
     """
-    return Expectation(fn, additive=additive)
+    return Expectation(fn, additive=additive, rao_blackwellize=rao_blackwellize)

@@ -1,6 +1,6 @@
 """One run of an expectation program under ppl's strategy handler.
 
-A run is ``seed(f, key)`` with :class:`apply_strategies` installed. Three modes:
+A run is ``seed(f, key)`` with :class:`apply_strategies` installed. Four modes:
 
 * ``discover`` (under ``jax.eval_shape``): list the random choices, their strategies and
   sizes, in execution order; nothing is computed.
@@ -17,7 +17,7 @@ its key, so every later site draws with the same key in every run (seeded replay
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +34,15 @@ _STACK: list = []  # active runs (innermost last)
 def box(x):
     """DiCE 'magic box': value 1, gradient d x."""
     return jnp.exp(x - lax.stop_gradient(x))
+
+
+class Term(NamedTuple):
+    """One log-density term of an additive program: sign * sum(lp) is added to its value."""
+
+    lp: Any  # per-element log density (plate-scaled)
+    dims: tuple  # plate dims of the site
+    sign: float  # +1 from ppl.density, -1 from ppl.simulate
+    name: str  # the site's name
 
 
 @dataclasses.dataclass
@@ -57,6 +66,8 @@ class SiteInfo:
     value_dtype: object = None
     plate_aligned: bool = False  # every batch dim of size > 1 is a plate dim
     fast: bool = False  # additive program: per-element values from one replay per alternative
+    rao_blackwell: bool = False  # additive program: score times its downstream terms only
+    rb_aligned: bool = False  # ... element by element (all dependent terms in its plates)
 
 
 @dataclasses.dataclass
@@ -76,7 +87,7 @@ class RunState:
     ):
         self.mode = mode
         self.forced = forced or {}  # order -> value (provenance analysis)
-        self.terms: list = []  # (log prob array, plate dims, sign) from density / simulate
+        self.terms: list[Term] = []  # log-density terms recorded by density / simulate
         self.combo = combo if combo is not None else {}  # joint-enum order -> support index
         self.target = target
         self.sites: list[SiteInfo] = sites if sites is not None else []
@@ -94,6 +105,7 @@ class RunState:
         self.local: dict[int, tuple] = {}  # order -> (theta, coef, lw_up)
         self.loo: dict[int, tuple] = {}  # particles order -> (loo score (K,), lw_up)
         self.has_loo = False  # discover: a site in this particles run uses baseline="loo"
+        self.reinforce_lp: dict[int, Any] = {}  # order -> per-element log prob (RB sites)
 
     def next_order(self) -> int:
         order = self.counter[0]
@@ -122,7 +134,7 @@ def record_terms(trace, sign: float, observed: bool) -> None:
     for site in trace.values():
         if site["type"] == "sample" and (observed or not site["is_observed"]):
             dims = tuple(f.dim for f in site.get("cond_indep_stack") or [])
-            state.terms.append((site_log_prob_array(site), dims, sign))
+            state.terms.append(Term(site_log_prob_array(site), dims, sign, site["name"]))
 
 
 class apply_strategies(Messenger):
@@ -170,9 +182,15 @@ class apply_strategies(Messenger):
         if info.kind in ("reparam",):
             return
         x = lax.stop_gradient(x)
+        if order in state.forced:  # provenance analysis: an input, keeping x's data flow
+            x = state.forced[order] + 0 * x
         if info.kind == "reinforce":
-            lp = jnp.sum(log_prob(fn, x))
-            state.score = state.score + lp
+            lp_elements = log_prob(fn, x)
+            lp = jnp.sum(lp_elements)
+            if info.rao_blackwell:
+                state.reinforce_lp[order] = lp_elements
+            else:
+                state.score = state.score + lp
             baseline = strat.baseline
             if isinstance(baseline, str):
                 if baseline == "loo":
@@ -183,8 +201,10 @@ class apply_strategies(Messenger):
                 )
         elif info.kind == "joint_enum":
             support = base_distribution(fn).enumerate_support(expand=False).reshape(-1)
-            x = support[state.combo[order]].astype(jnp.result_type(x))
-            x = jnp.broadcast_to(x, jnp.shape(msg["value"]))
+            forced = support[state.combo[order]].astype(jnp.result_type(x))
+            forced = jnp.broadcast_to(forced, jnp.shape(msg["value"]))
+            # provenance analysis: the forced value depends on whatever the sample did
+            x = forced + 0 * x if state.mode == "provenance" else forced
             lp = jnp.sum(log_prob(fn, x))
             state.enum_lw = state.enum_lw + lp
             if state.mode == "replay":
@@ -193,9 +213,7 @@ class apply_strategies(Messenger):
                 state.lw_down = state.lw_down + jnp.where(before, 0.0, lp)
         elif info.kind == "local":
             rule = _local_rule(name, fn, strat)
-            if state.mode == "main":
-                if order in state.forced:
-                    x = state.forced[order]
+            if state.mode in ("main", "provenance"):
                 theta, coef = rule.parameters(fn, x)
                 p = theta.shape[0]
                 state.local[order] = (theta.reshape(p, -1), coef.reshape(p, -1), state.top.enum_lw)
@@ -237,7 +255,18 @@ def _describe(name, order, fn, x, strat, state, frames) -> SiteInfo:
         size == 1 or (i - len(batch)) in dims for i, size in enumerate(batch)
     )
     if isinstance(strat, Reinforce):
-        return SiteInfo(name, order, "reinforce", n * n_particles)
+        return SiteInfo(
+            name,
+            order,
+            "reinforce",
+            n * n_particles,
+            in_particles=state.in_particles(),
+            plate_dims=dims,
+            batch_shape=batch,
+            value_shape=tuple(jnp.shape(x)),
+            value_dtype=jnp.result_type(x),
+            plate_aligned=aligned,
+        )
     if isinstance(strat, Enum) and n == 1 and not state.in_particles():
         size = base_distribution(fn).enumerate_support(expand=False).reshape(-1).shape[0]
         return SiteInfo(name, order, "joint_enum", 1, support_size=int(size))

@@ -22,9 +22,16 @@ class Objective:
 
     can_infer_discrete = True
 
-    def __init__(self, program: Callable, name: str | None = None, additive: bool = False):
+    def __init__(
+        self,
+        program: Callable,
+        name: str | None = None,
+        additive: bool = False,
+        rao_blackwellize: bool = True,
+    ):
         self.program = program
         self.additive = additive
+        self.rao_blackwellize = rao_blackwellize
         self.name = name or getattr(program, "__name__", "objective")
         functools.update_wrapper(self, program, updated=[])
 
@@ -46,7 +53,9 @@ class Objective:
         program.__name__ = self.name
         if params is not None:
             program = substitute(program, data=params)
-        return Expectation(program, additive=self.additive)
+        return Expectation(
+            program, additive=self.additive, rao_blackwellize=self.rao_blackwellize
+        )
 
     def estimate(self, rng_key, params, model, guide, *args, **kwargs):
         """Differentiable unbiased estimate of the objective at ``params``."""
