@@ -1,0 +1,172 @@
+"""Additive (ELBO-like) programs: Rao-Blackwellized scores and the plate fast path.
+
+Exact references: the ELBO of a per-datum categorical guide factorizes over data, so its
+value and gradient are sums of small per-datum enumerations.
+"""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from numpyro.infer import TraceGraph_ELBO
+
+import ppl
+from ppl.validate import check_unbiased, estimator_stats
+
+KEY = jax.random.PRNGKey(0)
+N = 6
+X = jnp.linspace(-2.0, 2.0, N)
+MU = jnp.array([-1.0, 0.0, 1.5])
+LOGITS = jax.random.normal(jax.random.PRNGKey(3), (N, 3))
+
+
+def model(x):
+    with numpyro.plate("d", x.shape[0]):
+        z = numpyro.sample("z", dist.Categorical(jnp.ones(3) / 3))
+        numpyro.sample("x", dist.Normal(MU[z], 1.0), obs=x)
+
+
+def guide(x):
+    logits = numpyro.param("logits", jnp.zeros((N, 3)))
+    with numpyro.plate("d", x.shape[0]):
+        numpyro.sample("z", dist.Categorical(logits=logits))
+
+
+def exact_elbo(logits):
+    q = jax.nn.softmax(logits, -1)
+    lp = jnp.log(1 / 3) + dist.Normal(MU, 1.0).log_prob(X[:, None]) - jnp.log(q)
+    return jnp.sum(q * lp)
+
+
+def grad_estimator(loss, g):
+    return lambda k: -jax.grad(lambda p: loss.loss(k, {"logits": p}, model, g, X))(LOGITS)
+
+
+@pytest.mark.parametrize("strategy", ["reinforce", "mvd", "enum"])
+@pytest.mark.parametrize("rao_blackwellize", [True, False])
+def test_elbo_gradient_unbiased(strategy, rao_blackwellize):
+    loss = ppl.objectives.elbo(rao_blackwellize=rao_blackwellize)
+    g = ppl.strategy(guide, {"z": strategy})
+    check_unbiased(grad_estimator(loss, g), jax.grad(exact_elbo)(LOGITS), KEY, 3000)
+
+
+def test_rao_blackwellization_variance():
+    """Measured: total variance 18.8 with RB, 696 without, TraceGraph_ELBO 18.9."""
+    g = ppl.strategy(guide, {"z": "reinforce"})
+    var = {}
+    for name, loss, gd in [
+        ("rb", ppl.objectives.elbo(), g),
+        ("plain", ppl.objectives.elbo(rao_blackwellize=False), g),
+        ("tracegraph", TraceGraph_ELBO(), guide),
+    ]:
+        _, _, samples = estimator_stats(grad_estimator(loss, gd), KEY, 3000)
+        var[name] = samples.var(0).sum()
+    assert var["plain"] / var["rb"] > 10, var
+    assert var["rb"] < 1.3 * var["tracegraph"], var
+
+
+@pytest.mark.parametrize("strategy", ["mvd", "enum"])
+def test_local_sites_exact_when_terms_factorize(strategy):
+    """Per-datum terms + dropped zero-mean score: mvd / enum gradients have no noise."""
+    g = ppl.strategy(guide, {"z": strategy})
+    _, _, samples = estimator_stats(grad_estimator(ppl.objectives.elbo(), g), KEY, 200)
+    np.testing.assert_allclose(samples.mean(0), np.ravel(jax.grad(exact_elbo)(LOGITS)), atol=2e-5)
+    assert samples.std(0).max() < 1e-5
+
+
+def test_fast_path_equals_replay_path():
+    """additive=True (one replay per alternative) gives the same numbers as additive=False
+    (one replay per element and alternative) when the score-dropping is off."""
+
+    def program(logits):
+        q = ppl.simulate(ppl.strategy(guide, {"z": "mvd"}), X)
+        return ppl.density(model, q.values, X) - q.log_prob
+
+    program = numpyro.handlers.substitute(program, data={"logits": LOGITS})
+    fast = ppl.expectation(program, additive=True, rao_blackwellize=False)
+    slow = ppl.expectation(program, additive=False)
+    assert [s.fast for s in fast.discover(KEY, LOGITS).sites] == [True]
+    for k in jax.random.split(KEY, 3):
+        v1, g1 = fast.value_and_grad(k, LOGITS)
+        v2, g2 = slow.value_and_grad(k, LOGITS)
+        np.testing.assert_allclose(v1, v2, rtol=1e-6)
+        np.testing.assert_allclose(g1, g2, rtol=1e-4, atol=1e-5)
+
+
+def test_global_term_downstream_of_plate_site():
+    """A model term outside the plate depends on every z_i: the site is not fast and its
+    scores multiply the global term too; still unbiased."""
+
+    def model2(x):
+        with numpyro.plate("d", x.shape[0]):
+            z = numpyro.sample("z", dist.Bernoulli(0.5))
+        numpyro.sample("s", dist.Normal(jnp.sum(z * x), 1.0), obs=1.0)
+
+    def guide2(x, p, strategy):
+        with numpyro.plate("d", x.shape[0]):
+            numpyro.sample("z", dist.Bernoulli(p), infer={"grad": strategy})
+
+    x = jnp.array([0.5, -1.0, 2.0])
+    p0 = jnp.array([0.3, 0.6, 0.5])
+
+    def exact(p):
+        total = 0.0
+        for zs in itertools.product([0.0, 1.0], repeat=3):
+            zs = jnp.array(zs)
+            q = jnp.prod(jnp.where(zs == 1, p, 1 - p))
+            lp = 3 * jnp.log(0.5) + dist.Normal(jnp.sum(zs * x), 1.0).log_prob(1.0)
+            total = total + q * (lp - jnp.log(q))
+        return total
+
+    for strategy in ("reinforce", "mvd"):
+
+        def program(p, strategy=strategy):
+            q = ppl.simulate(guide2, x, p, strategy)
+            return ppl.density(model2, q.values, x) - q.log_prob
+
+        E = ppl.expectation(program, additive=True)
+        sites = E.discover(KEY, p0).sites
+        assert not sites[0].fast and not sites[0].rb_aligned
+        check_unbiased(
+            lambda k, E=E: E.value_and_grad(k, p0), jax.value_and_grad(exact)(p0), KEY, 4000
+        )
+
+
+def test_reinforce_before_joint_enum_site():
+    """The enumerated site's distribution depends on the reinforce site: RB must count the
+    terms of the enumerated value as downstream of the reinforce site."""
+
+    def model3():
+        a = numpyro.sample("a", dist.Bernoulli(0.4))
+        b = numpyro.sample("b", dist.Bernoulli(0.3 + 0.5 * a))
+        numpyro.sample("y", dist.Normal(2.0 * b - a, 1.0), obs=0.7)
+
+    def guide3(p):
+        a = numpyro.sample("a", dist.Bernoulli(p[0]), infer={"grad": "reinforce"})
+        numpyro.sample("b", dist.Bernoulli(jnp.where(a > 0, p[1], p[2])), infer={"grad": "enum"})
+
+    def program(p):
+        q = ppl.simulate(guide3, p)
+        return ppl.density(model3, q.values) - q.log_prob
+
+    def exact(p):
+        total = 0.0
+        for a, b in itertools.product([0.0, 1.0], repeat=2):
+            qa = jnp.where(a > 0, p[0], 1 - p[0])
+            pb = jnp.where(a > 0, p[1], p[2])
+            qb = jnp.where(b > 0, pb, 1 - pb)
+            lp = (
+                dist.Bernoulli(0.4).log_prob(a)
+                + dist.Bernoulli(0.3 + 0.5 * a).log_prob(b)
+                + dist.Normal(2.0 * b - a, 1.0).log_prob(0.7)
+            )
+            total = total + qa * qb * (lp - jnp.log(qa * qb))
+        return total
+
+    p0 = jnp.array([0.6, 0.2, 0.7])
+    E = ppl.expectation(program, additive=True)
+    check_unbiased(lambda k: E.value_and_grad(k, p0), jax.value_and_grad(exact)(p0), KEY, 4000)
