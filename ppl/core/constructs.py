@@ -18,11 +18,16 @@ from .runtime import RunState, SiteInfo, apply_strategies, current_run, record_t
 
 
 class Simulation(NamedTuple):
-    """A guide run: ``values`` of its sample (and plate) sites, ``log_prob`` = log q(values)."""
+    """A guide run: ``values`` of its sample (and plate) sites, ``log_prob`` = log q(values).
+
+    ``log_prob_stl`` has the same value with the guide's parameters held fixed (gradients
+    only through the sampled values: "sticking the landing", Roeder et al. 2017).
+    """
 
     values: dict
     log_prob: Any
     trace: dict
+    log_prob_stl: Any = None
 
 
 def site_log_prob_array(site) -> Any:
@@ -38,6 +43,20 @@ def site_log_prob(site) -> Any:
     return jnp.sum(site_log_prob_array(site))
 
 
+def site_log_prob_fixed(site, fixed: str) -> Any:
+    """Per-element log density with the distribution (``fixed="params"``) or the value
+    (``fixed="value"``) held fixed (stop-gradient)."""
+    fn, value = site["fn"], site["value"]
+    if fixed == "params":
+        fn = jax.tree.map(jax.lax.stop_gradient, fn)
+    else:
+        value = jax.lax.stop_gradient(value)
+    lp = log_prob(fn, value)
+    if site.get("scale") is not None:
+        lp = site["scale"] * lp
+    return lp
+
+
 def simulate(guide: Callable, *args, **kwargs) -> Simulation:
     """Run ``guide``; its sample sites are random choices of the enclosing expectation.
 
@@ -45,16 +64,17 @@ def simulate(guide: Callable, *args, **kwargs) -> Simulation:
     :func:`density` sees the same minibatch) and ``log q(values)`` (scaled by plates).
     """
     tr = trace(guide).get_trace(*args, **kwargs)
-    values, lp = {}, jnp.zeros(())
+    values, lp, lp_stl = {}, jnp.zeros(()), jnp.zeros(())
     for name, site in tr.items():
         if site["type"] == "sample":
             values[name] = site["value"]
             if not site["is_observed"]:
                 lp = lp + site_log_prob(site)
+                lp_stl = lp_stl + jnp.sum(site_log_prob_fixed(site, "params"))
         elif site["type"] == "plate" and site["args"][1] not in (None, site["args"][0]):
             values[name] = site["value"]  # a subsampled plate: the model sees the same minibatch
     record_terms(tr, -1.0, observed=False)
-    return Simulation(values, lp, tr)
+    return Simulation(values, lp, tr, lp_stl)
 
 
 class _require_values(Messenger):
@@ -70,15 +90,24 @@ class _require_values(Messenger):
             )
 
 
-def density(model: Callable, values: dict, *args, **kwargs):
+class _fix_params(Messenger):
+    def postprocess_message(self, msg):
+        if msg["type"] == "param":
+            msg["value"] = jax.lax.stop_gradient(msg["value"])
+
+
+def density(model: Callable, values: dict, *args, fix_params: bool = False, **kwargs):
     """Log joint density ``log p(values, observations)`` of ``model`` (scaled by plates).
 
     Every latent site of ``model`` must have a value in ``values`` (extra entries are
     ignored). The model's sites are not random choices of the enclosing expectation.
+    ``fix_params=True`` holds the model's ``numpyro.param`` values fixed (stop-gradient).
     """
     if not isinstance(values, dict):
         raise TypeError(f"ppl.density: values must be a dict of site values, got {type(values)}")
     fn = _require_values(substitute(model, data=values), values, "ppl.density")
+    if fix_params:
+        fn = _fix_params(fn)
     with block(hide_fn=lambda msg: msg["type"] == "sample"):
         tr = trace(fn).get_trace(*args, **kwargs)
     total = jnp.zeros(())

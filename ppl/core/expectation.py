@@ -70,12 +70,24 @@ def _scalar(value, where):
 class Expectation:
     """The expectation of a program; see :func:`expectation`."""
 
-    def __init__(self, fn: Callable, additive: bool = False, rao_blackwellize: bool = True):
+    def __init__(
+        self,
+        fn: Callable,
+        additive: bool = False,
+        rao_blackwellize: bool = True,
+        stick_the_landing: bool = False,
+    ):
         if not callable(fn):
             raise TypeError(f"ppl.expectation needs a callable program, got {type(fn)}")
+        if stick_the_landing and not additive:
+            raise ValueError(
+                "stick_the_landing needs an additive program (ELBO-like); in other programs "
+                "use ppl.simulate(...).log_prob_stl where it is valid"
+            )
         self.fn = fn
         self.additive = additive
         self.rao_blackwellize = rao_blackwellize
+        self.stick_the_landing = stick_the_landing
 
     # -- runs -----------------------------------------------------------------------
     def _run(self, state, key, args, kwargs):
@@ -112,7 +124,7 @@ class Expectation:
             s for s in sites if s.kind == "local" and not s.in_particles and s not in fast
         ]
         analysed = fast + other_local + rb
-        if not analysed:
+        if not analysed and not self.stick_the_landing:
             return []
         combo = {s.order: jnp.int32(0) for s in sites if s.kind == "joint_enum"}
         meta = []
@@ -164,7 +176,7 @@ class Expectation:
         def main(combo):
             st = state_for("main", combo, _NO_TARGET)
             value = self._run(st, key, args, kwargs)
-            terms = [t.lp for t in st.terms] if self.additive else []
+            terms = [(t.lp, t.lp_fixed_value) for t in st.terms] if self.additive else []
             return value, st.score, st.extra, st.enum_lw, st.local, st.loo, st.reinforce_lp, terms
 
         if n_comb == 1:
@@ -177,8 +189,12 @@ class Expectation:
         for s in sites:
             if s.kind == "reinforce" and s.rao_blackwell:
                 estimate = estimate + _rao_blackwell_term(s, plan.terms, rb_lp, main_terms, weight)
-        if self.rao_blackwellize:
-            estimate = estimate + _drop_own_score(sites, plan.terms, main_terms, weight)
+        kinds = {"reinforce", "local"} if self.rao_blackwellize else set()
+        if self.stick_the_landing:
+            kinds.add("reparam")
+        if self.additive and kinds:
+            fixed = [t[1] for t in main_terms]
+            estimate = estimate + _drop_own_score(sites, plan.terms, fixed, weight, kinds)
 
         def replays(rows, terms):
             """Seeded replays for every (combination, row): (C, R) values or terms."""
@@ -279,7 +295,7 @@ def _rao_blackwell_term(site, terms, rb_lp, main_terms, weight):
     cost = jnp.zeros((n_comb, site.num_elements if site.rb_aligned else 1))
     for t, info in enumerate(terms):
         if site.order in info.orders:
-            term = main_terms[t]
+            term = main_terms[t][0]
             if site.rb_aligned:
                 cost = cost + info.sign * _per_element(term, site, lead=1)
             else:
@@ -291,22 +307,23 @@ def _rao_blackwell_term(site, terms, rb_lp, main_terms, weight):
     return jnp.sum(weight * inner)
 
 
-def _drop_own_score(sites, terms, main_terms, weight):
-    """Cancel the direct gradient of a non-reparameterized site's own -log q term.
+def _drop_own_score(sites, terms, fixed_terms, weight, kinds):
+    """Cancel the direct gradient of a guide site's own -log q term (at a fixed value).
 
-    At a fixed (stop-gradient) value z, E_q[grad log q_theta(z)] = 0: that part of the
-    additive program's gradient is pure noise, and removing it keeps the estimator
-    unbiased (TraceGraph_ELBO does the same).
+    E_q[grad_theta log q_theta(z)] = 0 at a stop-gradient z: that part of an additive
+    program's gradient is pure noise and removing it keeps the estimator unbiased. For
+    non-reparameterized sites it is part of Rao-Blackwellization (TraceGraph_ELBO does the
+    same); for reparameterized sites it is "sticking the landing" (Roeder et al. 2017).
     """
     names = [s.name for s in sites if s.kind != "particles"]
     total = 0.0
     for s in sites:
-        if s.kind not in ("reinforce", "local") or s.in_particles or names.count(s.name) != 1:
+        if s.kind not in kinds or s.in_particles or names.count(s.name) != 1:
             continue
         own = [t for t, info in enumerate(terms) if info.name == s.name and info.sign < 0]
         if len(own) != 1:
             continue
-        lp = jnp.sum(main_terms[own[0]].reshape(weight.shape[0], -1), axis=1)
+        lp = jnp.sum(fixed_terms[own[0]].reshape(weight.shape[0], -1), axis=1)
         total = total + jnp.sum(weight * (lp - lax.stop_gradient(lp)))
     return total
 
@@ -342,7 +359,11 @@ def _local_term(site, replays, theta, coef, w_up):
 
 
 def expectation(
-    fn: Callable, *, additive: bool = False, rao_blackwellize: bool = True
+    fn: Callable,
+    *,
+    additive: bool = False,
+    rao_blackwellize: bool = True,
+    stick_the_landing: bool = False,
 ) -> Expectation:
     """``E = ppl.expectation(f)``: ``E(key, *args)`` is a differentiable unbiased estimate.
 
@@ -351,7 +372,8 @@ def expectation(
     ``mvd`` then cost O(N |support|) instead of O(N^2 |support|), and each ``reinforce``
     score multiplies only the terms that depend on its site, element by element in plates
     (Rao-Blackwellization, as NumPyro's ``TraceGraph_ELBO``; ``rao_blackwellize=False``
-    turns it off).
+    turns it off). ``stick_the_landing=True`` (additive only) also drops the zero-mean
+    direct gradient of reparameterized sites' own log q terms.
 
     Example::
 
@@ -362,4 +384,9 @@ def expectation(
         E = ppl.expectation(f)
         value, grad = E.value_and_grad(jax.random.PRNGKey(0), 0.4)
     """
-    return Expectation(fn, additive=additive, rao_blackwellize=rao_blackwellize)
+    return Expectation(
+        fn,
+        additive=additive,
+        rao_blackwellize=rao_blackwellize,
+        stick_the_landing=stick_the_landing,
+    )

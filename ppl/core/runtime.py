@@ -43,6 +43,7 @@ class Term(NamedTuple):
     dims: tuple  # plate dims of the site
     sign: float  # +1 from ppl.density, -1 from ppl.simulate
     name: str  # the site's name
+    lp_fixed_value: Any = None  # ppl.simulate: log q at the stop-gradient value
 
 
 @dataclasses.dataclass
@@ -126,7 +127,7 @@ def current_run() -> RunState | None:
 
 def record_terms(trace, sign: float, observed: bool) -> None:
     """Record per-site log-density arrays of a density / simulate trace in the current run."""
-    from .constructs import site_log_prob_array  # local: constructs imports this module
+    from .constructs import site_log_prob_array, site_log_prob_fixed  # (imports this module)
 
     state = current_run()
     if state is None or state.in_particles():
@@ -134,7 +135,8 @@ def record_terms(trace, sign: float, observed: bool) -> None:
     for site in trace.values():
         if site["type"] == "sample" and (observed or not site["is_observed"]):
             dims = tuple(f.dim for f in site.get("cond_indep_stack") or [])
-            state.terms.append(Term(site_log_prob_array(site), dims, sign, site["name"]))
+            fixed = None if observed else site_log_prob_fixed(site, "value")
+            state.terms.append(Term(site_log_prob_array(site), dims, sign, site["name"], fixed))
 
 
 class apply_strategies(Messenger):
@@ -288,4 +290,4 @@ def _describe(name, order, fn, x, strat, state, frames) -> SiteInfo:
             value_dtype=jnp.result_type(x),
             plate_aligned=aligned,
         )
-    return SiteInfo(name, order, "reparam", n * n_particles)
+    return SiteInfo(name, order, "reparam", n * n_particles, in_particles=state.in_particles())

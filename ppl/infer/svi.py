@@ -28,10 +28,12 @@ class Objective:
         name: str | None = None,
         additive: bool = False,
         rao_blackwellize: bool = True,
+        stick_the_landing: bool = False,
     ):
         self.program = program
         self.additive = additive
         self.rao_blackwellize = rao_blackwellize
+        self.stick_the_landing = stick_the_landing
         self.name = name or getattr(program, "__name__", "objective")
         functools.update_wrapper(self, program, updated=[])
 
@@ -54,7 +56,10 @@ class Objective:
         if params is not None:
             program = substitute(program, data=params)
         return Expectation(
-            program, additive=self.additive, rao_blackwellize=self.rao_blackwellize
+            program,
+            additive=self.additive,
+            rao_blackwellize=self.rao_blackwellize,
+            stick_the_landing=self.stick_the_landing,
         )
 
     def estimate(self, rng_key, params, model, guide, *args, **kwargs):
