@@ -177,18 +177,25 @@ class Expectation:
             st = state_for("main", combo, _NO_TARGET)
             value = self._run(st, key, args, kwargs)
             terms = [(t.lp, t.lp_fixed_value) for t in st.terms] if self.additive else []
-            return value, st.score, st.extra, st.enum_lw, st.local, st.loo, st.reinforce_lp, terms
+            rb = (st.reinforce_lp, terms, st.learned)
+            return value, st.score, st.extra, st.enum_lw, st.local, st.loo, rb
 
         if n_comb == 1:
             outs = jax.tree.map(lambda x: x[None], main(combos[0]))
         else:
             outs = jax.vmap(main)(combos)
-        value, score, extra, enum_lw, local, loo, rb_lp, main_terms = outs
+        value, score, extra, enum_lw, local, loo, (rb_lp, main_terms, learned) = outs
         weight = jnp.exp(enum_lw)
         estimate = jnp.sum(weight * (value * box(score) + extra))
         for s in sites:
-            if s.kind == "reinforce" and s.rao_blackwell:
-                estimate = estimate + _rao_blackwell_term(s, plan.terms, rb_lp, main_terms, weight)
+            if s.kind != "reinforce":
+                continue
+            cost = value[:, None]  # what the score multiplies: the value, or its RB cost
+            if s.rao_blackwell:
+                term, cost = _rao_blackwell_term(s, plan.terms, rb_lp, main_terms, weight)
+                estimate = estimate + term
+            if s.order in learned:
+                estimate = estimate + _baseline_fit_term(learned[s.order], cost, weight)
         kinds = {"reinforce", "local"} if self.rao_blackwellize else set()
         if self.stick_the_landing:
             kinds.add("reparam")
@@ -304,7 +311,17 @@ def _rao_blackwell_term(site, terms, rb_lp, main_terms, weight):
     if not site.rb_aligned:
         lp = jnp.sum(lp, axis=1, keepdims=True)
     inner = jnp.sum((box(lp) - 1.0) * lax.stop_gradient(cost), axis=1)
-    return jnp.sum(weight * inner)
+    return jnp.sum(weight * inner), cost
+
+
+def _baseline_fit_term(baseline, cost, weight):
+    """Zero-valued term whose gradient trains the baseline: -grad sum (sg(cost) - b)^2."""
+    n_comb = weight.shape[0]
+    b = baseline.reshape(n_comb, -1)
+    if cost.shape[1] == 1:  # cost of the whole site: compare with the summed baseline
+        b = jnp.sum(b, axis=1, keepdims=True)
+    sq = jnp.sum((lax.stop_gradient(cost) - b) ** 2, axis=1)
+    return jnp.sum(weight * (lax.stop_gradient(sq) - sq))
 
 
 def _drop_own_score(sites, terms, fixed_terms, weight, kinds):

@@ -107,6 +107,7 @@ class RunState:
         self.loo: dict[int, tuple] = {}  # particles order -> (loo score (K,), lw_up)
         self.has_loo = False  # discover: a site in this particles run uses baseline="loo"
         self.reinforce_lp: dict[int, Any] = {}  # order -> per-element log prob (RB sites)
+        self.learned: dict[int, Any] = {}  # order -> learned baseline value (differentiable)
 
     def next_order(self) -> int:
         order = self.counter[0]
@@ -198,9 +199,10 @@ class apply_strategies(Messenger):
                 if baseline == "loo":
                     state.loo_score = state.loo_score + lp
             else:
-                state.extra = state.extra + (1.0 - box(lp)) * lax.stop_gradient(
-                    jnp.sum(jnp.asarray(baseline))
-                )
+                b = jnp.broadcast_to(jnp.asarray(baseline, lp_elements.dtype), lp_elements.shape)
+                state.extra = state.extra + jnp.sum((1.0 - box(lp_elements)) * lax.stop_gradient(b))
+                if strat.learn:
+                    state.learned[order] = b
         elif info.kind == "joint_enum":
             support = base_distribution(fn).enumerate_support(expand=False).reshape(-1)
             forced = support[state.combo[order]].astype(jnp.result_type(x))

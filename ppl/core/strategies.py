@@ -85,18 +85,24 @@ class Reinforce(Strategy):
 
     ``baseline``: ``"none"``; ``"loo"`` (leave-one-out across the particles of the
     innermost :func:`ppl.particles`: the program value with this particle's value replaced
-    by the mean of the others); or a number / array (a user-supplied value, not
-    differentiated).
+    by the mean of the others); or a value (a number, or an array of the site's batch
+    shape, one per element) computed before the site is sampled, e.g. a
+    ``numpyro.param`` or a network's output. ``learn=True`` trains that value (its
+    params) to predict the cost its score multiplies, by least squares, through the same
+    gradient step; the estimate's value is unchanged.
     """
 
     name = "reinforce"
 
-    def __init__(self, baseline="none"):
+    def __init__(self, baseline="none", learn: bool = False):
         if isinstance(baseline, str) and baseline not in ("none", "loo"):
             raise ValueError(
                 f"reinforce baseline must be 'none', 'loo' or a value; got {baseline!r}"
             )
+        if learn and isinstance(baseline, str):
+            raise ValueError("reinforce(learn=True) needs a baseline value (e.g. a param)")
         self.baseline = baseline
+        self.learn = learn
 
     def __repr__(self) -> str:
         b = self.baseline if isinstance(self.baseline, str) else "<value>"
@@ -142,8 +148,9 @@ def implicit() -> Implicit:
     return Implicit()
 
 
-def reinforce(baseline="none") -> Reinforce:
-    return Reinforce(baseline)
+def reinforce(baseline="none", learn: bool = False) -> Reinforce:
+    """REINFORCE with a baseline; see :class:`Reinforce`."""
+    return Reinforce(baseline, learn)
 
 
 def enum() -> Enum:
