@@ -2,6 +2,18 @@
 
 from .elbo import elbo
 from .importance import cubo, iwae, renyi, vimco
+from .wake_sleep import rws, tail_adaptive
 from .weights import log_mean_exp, log_weight, log_weights
 
-__all__ = ["elbo", "iwae", "renyi", "vimco", "cubo", "log_weight", "log_weights", "log_mean_exp"]
+__all__ = [
+    "elbo",
+    "iwae",
+    "renyi",
+    "vimco",
+    "cubo",
+    "rws",
+    "tail_adaptive",
+    "log_weight",
+    "log_weights",
+    "log_mean_exp",
+]

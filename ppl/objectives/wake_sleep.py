@@ -1,0 +1,86 @@
+"""Reweighted wake-sleep and the tail-adaptive f-divergence: self-normalized weights."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpyro
+from jax import lax
+from numpyro.handlers import block, seed
+
+from ..core.constructs import density, particles, simulate
+from ..core.distributions import is_reparameterized
+from ..core.strategies import StrategyError
+from ..infer.svi import Objective
+from .weights import log_mean_exp
+
+
+def _hidden_guide_run(guide, args, kwargs):
+    """Run the guide with its own key, invisible to the enclosing expectation (no
+    gradient strategies apply: the self-normalized weights are treated as constants)."""
+    key = numpyro.prng_key()
+    with block(hide_fn=lambda msg: msg["type"] == "sample"), seed(rng_seed=key):
+        return simulate(guide, *args, **kwargs)
+
+
+def rws(num_particles: int = 5) -> Objective:
+    """Reweighted wake-sleep (Bornschein & Bengio 2015; Le et al. 2019) as one SVI loss.
+
+    Value: the IWAE bound (1/K) log sum_k w_k. Gradient: wake-theta for the model's
+    parameters, sum_k w~_k grad_theta log p(x, z_k); wake-phi for the guide's,
+    sum_k w~_k grad_phi log q(z_k) (w~ self-normalized, z_k fixed), i.e. the inclusive
+    KL(p(z|x) || q) is decreased. Works for discrete guides without score functions;
+    biased for finite K, consistent as K grows. Parameters shared by model and guide get
+    both updates.
+    """
+    if not isinstance(num_particles, int) or num_particles < 1:
+        raise ValueError(f"rws: num_particles must be an int >= 1, got {num_particles!r}")
+
+    def program(model, guide, *args, **kwargs):
+        def one():
+            q = _hidden_guide_run(guide, args, kwargs)
+            values = jax.tree.map(lax.stop_gradient, q.values)
+            return density(model, values, *args, **kwargs), density(guide, values, *args, **kwargs)
+
+        log_p, log_q = particles(one, num_particles)()
+        log_w = lax.stop_gradient(log_p - log_q)
+        w = jax.nn.softmax(log_w)
+        wake = jnp.sum(
+            w * ((log_p - lax.stop_gradient(log_p)) + (log_q - lax.stop_gradient(log_q)))
+        )
+        return log_mean_exp(log_w) + wake
+
+    return Objective(program, name=f"rws(num_particles={num_particles})")
+
+
+def tail_adaptive(num_particles: int = 5, beta: float = -1.0) -> Objective:
+    """Tail-adaptive f-divergence (Wang, Liu & Liu 2018) for a reparameterized guide.
+
+    Gradient: sum_k g_k d log w(z_k(phi)) / dz dz/dphi (pathwise; with uniform g it is the
+    sticking-the-landing ELBO gradient), with g_k proportional to F(w_k)^beta, F the
+    empirical tail probability #{j: w_j >= w_k} / K (rank-based, so heavy-tailed weights
+    stay safe). Value (for monitoring): the IWAE bound.
+    """
+    if not isinstance(num_particles, int) or num_particles < 2:
+        raise ValueError(f"tail_adaptive: num_particles must be an int >= 2, got {num_particles!r}")
+
+    def program(model, guide, *args, **kwargs):
+        def one():
+            q = simulate(guide, *args, **kwargs)
+            for name, site in q.trace.items():
+                if site["type"] == "sample" and not site["is_observed"]:
+                    if not is_reparameterized(site["fn"]):
+                        raise StrategyError(
+                            f"site '{name}': tail_adaptive needs a reparameterized guide; "
+                            f"{type(site['fn']).__name__} has no rsample"
+                        )
+            return density(model, q.values, *args, **kwargs) - q.log_prob_stl
+
+        log_w = particles(one, num_particles)()
+        fixed = lax.stop_gradient(log_w)
+        tail = jnp.mean(fixed[None, :] >= fixed[:, None], axis=1)  # F(w_k)
+        gamma = tail**beta
+        gamma = gamma / jnp.sum(gamma)
+        return log_mean_exp(fixed) + jnp.sum(gamma * (log_w - fixed))
+
+    return Objective(program, name=f"tail_adaptive(num_particles={num_particles}, beta={beta})")
