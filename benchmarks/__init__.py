@@ -1,0 +1,1 @@
+"""Benchmarks for ppl: ``python -m benchmarks.run [--quick]`` (see benchmarks/run.py)."""
