@@ -1,0 +1,42 @@
+"""Every notebook in tutorials/ executes top to bottom in fast mode (``PPL_FAST=1``).
+
+Needs the ``tutorials`` extra (jupyter, nbclient, ipykernel, matplotlib); a missing
+package is an error, not a skip.
+"""
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
+NOTEBOOKS = sorted(TUTORIALS.glob("*.ipynb"))
+
+
+def test_tutorials_exist():
+    assert NOTEBOOKS, f"no notebooks in {TUTORIALS}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_tutorial_executes(path, monkeypatch):
+    monkeypatch.setenv("PPL_FAST", "1")
+    monkeypatch.setenv("JAX_PLATFORMS", os.environ.get("JAX_PLATFORMS", "cpu"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        nb,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    client.execute()  # raises CellExecutionError with the failing cell's traceback
+    errors = [
+        out
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+        if out.get("output_type") == "error"
+    ]
+    assert not errors, errors
