@@ -11,6 +11,8 @@ from .core import (
     Enum,
     Expectation,
     Implicit,
+    Marginal,
+    Normalize,
     Reinforce,
     Reparam,
     Simulation,
@@ -20,7 +22,9 @@ from .core import (
     enum,
     expectation,
     implicit,
+    marginal,
     mvd,
+    normalize,
     particles,
     reinforce,
     reparam,
@@ -32,6 +36,10 @@ from .infer import Objective, objective
 __version__ = "0.1.0"
 
 __all__ = [
+    "Marginal",
+    "marginal",
+    "Normalize",
+    "normalize",
     "Expectation",
     "expectation",
     "Simulation",

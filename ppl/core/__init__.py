@@ -2,6 +2,7 @@
 
 from .constructs import Simulation, density, particles, simulate
 from .expectation import Expectation, expectation
+from .marginal import Marginal, Normalize, marginal, normalize
 from .strategies import (
     MVD,
     Enum,
@@ -19,6 +20,10 @@ from .strategies import (
 )
 
 __all__ = [
+    "Marginal",
+    "marginal",
+    "Normalize",
+    "normalize",
     "Expectation",
     "expectation",
     "Simulation",

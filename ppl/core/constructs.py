@@ -62,19 +62,27 @@ def simulate(guide: Callable, *args, **kwargs) -> Simulation:
 
     Returns the values (by site name, and the indices of subsampled plates so that
     :func:`density` sees the same minibatch) and ``log q(values)`` (scaled by plates).
+    ``guide`` may also be a sampler with an estimated density (:func:`ppl.marginal`,
+    :func:`ppl.normalize`): anything with a ``simulate(*args, **kwargs)`` method.
     """
+    if hasattr(guide, "simulate") and not hasattr(guide, "get_trace"):
+        return guide.simulate(*args, **kwargs)
     tr = trace(guide).get_trace(*args, **kwargs)
-    values, lp, lp_stl = {}, jnp.zeros(()), jnp.zeros(())
+    values, arrays, lp_stl = {}, {}, jnp.zeros(())
     for name, site in tr.items():
         if site["type"] == "sample":
             values[name] = site["value"]
             if not site["is_observed"]:
-                lp = lp + site_log_prob(site)
+                arrays[name] = site_log_prob_array(site)
                 lp_stl = lp_stl + jnp.sum(site_log_prob_fixed(site, "params"))
         elif site["type"] == "plate" and site["args"][1] not in (None, site["args"][0]):
             values[name] = site["value"]  # a subsampled plate: the model sees the same minibatch
-    record_terms(tr, -1.0, observed=False)
-    return Simulation(values, lp, tr, lp_stl)
+    record_terms(tr, arrays, -1.0)
+    return Simulation(values, _total(arrays), tr, lp_stl)
+
+
+def _total(arrays):
+    return sum((jnp.sum(a) for a in arrays.values()), start=jnp.zeros(()))
 
 
 class _require_values(Messenger):
@@ -110,13 +118,13 @@ def density(model: Callable, values: dict, *args, fix_params: bool = False, **kw
         fn = _fix_params(fn)
     with block(hide_fn=lambda msg: msg["type"] == "sample"):
         tr = trace(fn).get_trace(*args, **kwargs)
-    total = jnp.zeros(())
+    arrays = {}
     for name, site in tr.items():
         if site["type"] == "sample":
             _check_shape(name, site)
-            total = total + site_log_prob(site)
-    record_terms(tr, 1.0, observed=True)
-    return total
+            arrays[name] = site_log_prob_array(site)
+    record_terms(tr, arrays, 1.0)
+    return _total(arrays)
 
 
 def _check_shape(name, site):

@@ -4,7 +4,7 @@ NumPyro's ``Bernoulli(logits=l).log_prob`` (and ``Binomial(logits=...)``) has a 
 gradient at exactly ``l = 0`` under jax 0.10 (it differentiates ``max(l, 0)`` with a
 one-sided rule). Zero-initialized logits are the most common start, so every score
 term, enumeration weight and density term in ppl goes through :func:`log_prob`, which
-computes those families with ``log_sigmoid`` instead.
+computes those families as ``y l - softplus(l)`` with softplus' derivative sigmoid(l).
 """
 
 from __future__ import annotations

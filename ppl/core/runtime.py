@@ -126,18 +126,18 @@ def current_run() -> RunState | None:
     return _STACK[-1] if _STACK else None
 
 
-def record_terms(trace, sign: float, observed: bool) -> None:
-    """Record per-site log-density arrays of a density / simulate trace in the current run."""
-    from .constructs import site_log_prob_array, site_log_prob_fixed  # (imports this module)
+def record_terms(trace, arrays: dict, sign: float) -> None:
+    """Record the per-site log-density arrays of a density / simulate run in the current run."""
+    from .constructs import site_log_prob_fixed  # local: constructs imports this module
 
     state = current_run()
     if state is None or state.in_particles():
         return
-    for site in trace.values():
-        if site["type"] == "sample" and (observed or not site["is_observed"]):
-            dims = tuple(f.dim for f in site.get("cond_indep_stack") or [])
-            fixed = None if observed else site_log_prob_fixed(site, "value")
-            state.terms.append(Term(site_log_prob_array(site), dims, sign, site["name"], fixed))
+    for name, lp in arrays.items():
+        site = trace[name]
+        dims = tuple(f.dim for f in site.get("cond_indep_stack") or [])
+        fixed = site_log_prob_fixed(site, "value") if sign < 0 else None
+        state.terms.append(Term(lp, dims, sign, name, fixed))
 
 
 class apply_strategies(Messenger):

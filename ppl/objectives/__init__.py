@@ -1,6 +1,7 @@
 """The objective library: each objective a short program in ppl's DSL."""
 
 from .elbo import elbo
+from .hierarchical import diwhvi, hvi, iwhvi
 from .importance import cubo, iwae, renyi, vimco
 from .wake_sleep import rws, tail_adaptive
 from .weights import log_mean_exp, log_weight, log_weights
@@ -13,6 +14,9 @@ __all__ = [
     "cubo",
     "rws",
     "tail_adaptive",
+    "hvi",
+    "iwhvi",
+    "diwhvi",
     "log_weight",
     "log_weights",
     "log_mean_exp",

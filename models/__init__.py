@@ -1,0 +1,1 @@
+"""Example models used by tutorials, tests and benchmarks (data generated, no downloads)."""

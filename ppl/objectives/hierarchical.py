@@ -1,0 +1,54 @@
+"""Hierarchical variational objectives over a guide with auxiliary variables: HVI, IWHVI,
+DIWHVI (Ranganath et al. 2016; Sobolev & Vetrov 2019), built from ``ppl.marginal``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from ..core.marginal import marginal
+from ..infer.svi import Objective
+from .weights import log_mean_exp, log_weight, log_weights
+
+
+def _check(name, value, minimum):
+    if not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def hvi(keep: Sequence[str], reverse: Callable) -> Objective:
+    """E[log p(x, z) + log r(u | z) - log q(u, z)] <= ELBO(q(z)) <= log p(x).
+
+    ``keep``: the guide's sites that are the model's latents; the others are auxiliary,
+    and ``reverse(kept_values, *args, **kwargs)`` is a program over them.
+    """
+
+    def program(model, guide, *args, **kwargs):
+        return log_weight(model, marginal(guide, keep, reverse, 0), *args, **kwargs)
+
+    return Objective(program, name="hvi")
+
+
+def iwhvi(keep: Sequence[str], reverse: Callable, num_samples: int = 5) -> Objective:
+    """HVI with an importance-weighted bound on log q(z) from ``num_samples`` reverse draws."""
+    _check("iwhvi: num_samples", num_samples, 1)
+
+    def program(model, guide, *args, **kwargs):
+        return log_weight(model, marginal(guide, keep, reverse, num_samples), *args, **kwargs)
+
+    return Objective(program, name=f"iwhvi(num_samples={num_samples})")
+
+
+def diwhvi(
+    keep: Sequence[str], reverse: Callable, num_particles: int = 5, num_samples: int = 5
+) -> Objective:
+    """Doubly importance-weighted HVI: IWAE over ``num_particles`` IWHVI weights."""
+    _check("diwhvi: num_particles", num_particles, 1)
+    _check("diwhvi: num_samples", num_samples, 0)
+
+    def program(model, guide, *args, **kwargs):
+        q = marginal(guide, keep, reverse, num_samples)
+        return log_mean_exp(log_weights(model, q, num_particles, *args, **kwargs))
+
+    return Objective(
+        program, name=f"diwhvi(num_particles={num_particles}, num_samples={num_samples})"
+    )
