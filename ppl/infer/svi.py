@@ -17,7 +17,9 @@ class Objective:
     Maximized; as an SVI loss it hands NumPyro ``-estimate``. Satisfies SVI's loss
     contract (``loss``, ``loss_with_mutable_state``, ``can_infer_discrete``), and is
     itself callable with the program's signature, so objectives compose (an objective
-    can call another inside its own program).
+    can call another inside its own program). ``num_estimates`` averages that many
+    independent estimates (vectorized with ``vmap``; each keeps the program's own
+    Rao-Blackwellization and plate fast path).
     """
 
     can_infer_discrete = True
@@ -29,7 +31,11 @@ class Objective:
         additive: bool = False,
         rao_blackwellize: bool = True,
         stick_the_landing: bool = False,
+        num_estimates: int = 1,
     ):
+        if not isinstance(num_estimates, int) or num_estimates < 1:
+            raise ValueError(f"num_estimates must be a positive int, got {num_estimates!r}")
+        self.num_estimates = num_estimates
         self.program = program
         self.additive = additive
         self.rao_blackwellize = rao_blackwellize
@@ -64,7 +70,11 @@ class Objective:
 
     def estimate(self, rng_key, params, model, guide, *args, **kwargs):
         """Differentiable unbiased estimate of the objective at ``params``."""
-        return self.expectation(model, guide, params)(rng_key, *args, **kwargs)
+        E = self.expectation(model, guide, params)
+        if self.num_estimates == 1:
+            return E(rng_key, *args, **kwargs)
+        keys = jax.random.split(rng_key, self.num_estimates)
+        return jax.numpy.mean(jax.vmap(lambda k: E(k, *args, **kwargs))(keys))
 
     def loss(self, rng_key, param_map, model, guide, *args, **kwargs):
         """SVI loss: the negated objective estimate."""

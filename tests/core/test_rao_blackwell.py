@@ -170,3 +170,15 @@ def test_reinforce_before_joint_enum_site():
     p0 = jnp.array([0.6, 0.2, 0.7])
     E = ppl.expectation(program, additive=True)
     check_unbiased(lambda k: E.value_and_grad(k, p0), jax.value_and_grad(exact)(p0), KEY, 4000)
+
+
+def test_elbo_particles_are_independent_rao_blackwellized_estimates():
+    """elbo(K) averages K independent additive estimates: unbiased, variance / K."""
+    g = ppl.strategy(guide, {"z": "reinforce"})
+    exact = jax.grad(exact_elbo)(LOGITS)
+    _, _, one = estimator_stats(grad_estimator(ppl.objectives.elbo(), g), KEY, 3000)
+    check_unbiased(grad_estimator(ppl.objectives.elbo(4), g), exact, KEY, 3000)
+    _, _, four = estimator_stats(grad_estimator(ppl.objectives.elbo(4), g), KEY, 3000)
+    ratio = one.var(0).sum() / four.var(0).sum()
+    assert 3.0 < ratio < 5.3, ratio  # 4 up to the sampling error of the variances
+    check_unbiased(grad_estimator(ppl.objectives.elbo(4, loo=True), g), exact, KEY, 3000)

@@ -63,8 +63,7 @@ def test_user_objective_reaches_exact_posterior():
     svi = SVI(coin_model, guide, optax.adam(1e-2), loss=my_elbo)
     result = svi.run(KEY, 1500, DATA, progress_bar=False)
     assert abs(float(result.params["p"]) - p_exact) < 0.03
-    guide = ppl.strategy(coin_guide, {"z": ppl.reinforce(baseline="loo")})
-    svi = SVI(coin_model, guide, optax.adam(1e-2), loss=ppl.objectives.elbo(4))
+    svi = SVI(coin_model, coin_guide, optax.adam(1e-2), loss=ppl.objectives.elbo(4, loo=True))
     result = svi.run(KEY, 1500, DATA, progress_bar=False)
     assert abs(float(result.params["p"]) - p_exact) < 0.03
 

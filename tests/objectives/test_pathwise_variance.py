@@ -87,5 +87,5 @@ def test_dreg_needs_reparameterized_guide():
 def test_stl_needs_additive_program():
     with pytest.raises(ValueError, match="stick_the_landing needs an additive program"):
         ppl.expectation(lambda: 0.0, stick_the_landing=True)
-    with pytest.raises(ValueError, match="stick_the_landing is supported with num_particles=1"):
-        ppl.objectives.elbo(2, stick_the_landing=True)
+    with pytest.raises(ValueError, match="stick_the_landing is not supported with loo=True"):
+        ppl.objectives.elbo(2, stick_the_landing=True, loo=True)
