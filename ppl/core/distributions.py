@@ -52,16 +52,26 @@ def log_prob(fn: dist.Distribution, value):
         )
         return jnp.where(mask, log_prob(fn.base_dist, safe), 0.0)
     if isinstance(fn, dist.BernoulliLogits):
-        return value * jax.nn.log_sigmoid(fn.logits) + (1 - value) * jax.nn.log_sigmoid(-fn.logits)
+        return value * fn.logits - softplus(fn.logits)
     if isinstance(fn, dist.BinomialLogits):
         n = fn.total_count
         log_comb = gammaln(n + 1) - gammaln(value + 1) - gammaln(n - value + 1)
-        return (
-            log_comb
-            + value * jax.nn.log_sigmoid(fn.logits)
-            + (n - value) * jax.nn.log_sigmoid(-fn.logits)
-        )
+        return log_comb + value * fn.logits - n * softplus(fn.logits)
     return fn.log_prob(value)
+
+
+@jax.custom_jvp
+def softplus(x):
+    """log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)); derivative sigmoid(x), exact at 0."""
+    return jnp.maximum(x, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
+
+
+@softplus.defjvp
+def _softplus_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    e = jnp.exp(-jnp.abs(x))  # shared by value and derivative: two transcendentals in all
+    sigmoid = jnp.where(x >= 0, 1.0, e) / (1.0 + e)
+    return jnp.maximum(x, 0.0) + jnp.log1p(e), sigmoid * t
 
 
 def num_elements(fn: dist.Distribution, value) -> int:

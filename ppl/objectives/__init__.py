@@ -1,6 +1,7 @@
 """The objective library: each objective a short program in ppl's DSL."""
 
 from .elbo import elbo
+from .forward_kl import forward_kl
 from .hierarchical import diwhvi, hvi, iwhvi
 from .importance import cubo, iwae, renyi, vimco
 from .wake_sleep import rws, tail_adaptive
@@ -17,6 +18,7 @@ __all__ = [
     "hvi",
     "iwhvi",
     "diwhvi",
+    "forward_kl",
     "log_weight",
     "log_weights",
     "log_mean_exp",
