@@ -7,10 +7,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from ..core.constructs import density, particles, simulate
-from ..core.distributions import is_reparameterized
-from ..core.strategies import StrategyError
 from ..infer.svi import Objective
-from .weights import default_reinforce, log_mean_exp, log_weights
+from .weights import default_reinforce, log_mean_exp, log_weights, require_reparameterized
 
 
 def _check_k(name, k, minimum=1):
@@ -39,13 +37,7 @@ def iwae(num_particles: int = 5, dreg: bool = False) -> Objective:
 def _dreg_iwae(model, guide, num_particles, args, kwargs):
     def one():
         q = simulate(guide, *args, **kwargs)
-        for name, site in q.trace.items():
-            if site["type"] == "sample" and not site["is_observed"]:
-                if not is_reparameterized(site["fn"]):
-                    raise StrategyError(
-                        f"site '{name}': iwae(dreg=True) needs a reparameterized guide; "
-                        f"{type(site['fn']).__name__} has no rsample"
-                    )
+        require_reparameterized(q, "iwae(dreg=True)")
         fixed_values = jax.tree.map(lax.stop_gradient, q.values)
         model_path = density(model, fixed_values, *args, **kwargs)  # d/dtheta only
         guide_path = density(model, q.values, *args, fix_params=True, **kwargs) - q.log_prob_stl

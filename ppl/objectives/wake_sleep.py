@@ -9,10 +9,8 @@ from jax import lax
 from numpyro.handlers import block, seed
 
 from ..core.constructs import density, particles, simulate
-from ..core.distributions import is_reparameterized
-from ..core.strategies import StrategyError
 from ..infer.svi import Objective
-from .weights import log_mean_exp
+from .weights import log_mean_exp, require_reparameterized
 
 
 def _hidden_guide_run(guide, args, kwargs):
@@ -67,13 +65,7 @@ def tail_adaptive(num_particles: int = 5, beta: float = -1.0) -> Objective:
     def program(model, guide, *args, **kwargs):
         def one():
             q = simulate(guide, *args, **kwargs)
-            for name, site in q.trace.items():
-                if site["type"] == "sample" and not site["is_observed"]:
-                    if not is_reparameterized(site["fn"]):
-                        raise StrategyError(
-                            f"site '{name}': tail_adaptive needs a reparameterized guide; "
-                            f"{type(site['fn']).__name__} has no rsample"
-                        )
+            require_reparameterized(q, "tail_adaptive")
             return density(model, q.values, *args, **kwargs) - q.log_prob_stl
 
         log_w = particles(one, num_particles)()

@@ -8,7 +8,7 @@ from numpyro.primitives import Messenger
 
 from ..core.constructs import density, particles, simulate
 from ..core.distributions import is_reparameterized
-from ..core.strategies import Reinforce
+from ..core.strategies import Reinforce, StrategyError
 
 
 def log_weight(model, guide, *args, **kwargs):
@@ -41,3 +41,14 @@ class default_reinforce(Messenger):
         if infer.get("grad") is None and not is_reparameterized(msg["fn"]):
             infer["grad"] = Reinforce(self.baseline)
         msg["infer"] = infer
+
+
+def require_reparameterized(simulation, who: str) -> None:
+    """Raise a StrategyError naming the first guide site without rsample."""
+    for name, site in simulation.trace.items():
+        if site["type"] == "sample" and not site["is_observed"]:
+            if not is_reparameterized(site["fn"]):
+                raise StrategyError(
+                    f"site '{name}': {who} needs a reparameterized guide; "
+                    f"{type(site['fn']).__name__} has no rsample"
+                )

@@ -10,17 +10,11 @@ import pytest
 from numpyro.infer import SVI
 
 import ppl
+from models.coin import DATA, model
 from ppl.validate import check_unbiased, estimator_stats
 
 KEY = jax.random.PRNGKey(0)
-DATA = jnp.array([1.0, 1.0, 0.0, 1.0])
 L1, L0 = 0.8**3 * 0.2 * 0.5, 0.2**3 * 0.8 * 0.5  # p(x, z=1), p(x, z=0)
-
-
-def model(data):
-    z = numpyro.sample("z", dist.Bernoulli(0.5))
-    with numpyro.plate("d", data.shape[0]):
-        numpyro.sample("x", dist.Bernoulli(0.2 + 0.6 * z), obs=data)
 
 
 def guide(data):

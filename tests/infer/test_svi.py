@@ -10,16 +10,11 @@ from numpyro.infer import SVI, Predictive, Trace_ELBO
 from numpyro.infer.autoguide import AutoDelta, AutoNormal
 
 import ppl
+from models.coin import DATA
+from models.coin import model as coin_model
 from ppl.validate import estimator_stats
 
 KEY = jax.random.PRNGKey(0)
-DATA = jnp.array([1.0, 1.0, 0.0, 1.0])
-
-
-def coin_model(data):
-    z = numpyro.sample("z", dist.Bernoulli(0.5))
-    with numpyro.plate("d", data.shape[0]):
-        numpyro.sample("x", dist.Bernoulli(0.2 + 0.6 * z), obs=data)
 
 
 def coin_guide(data):

@@ -14,18 +14,12 @@ import numpyro.distributions as dist
 import pytest
 
 import ppl
+from models.coin import DATA, model
 from ppl.validate import check_unbiased, estimator_stats
 
 KEY = jax.random.PRNGKey(0)
-DATA = jnp.array([1.0, 1.0, 0.0, 1.0])
 LOG_JOINT = jnp.log(jnp.array([0.2**3 * 0.8 * 0.5, 0.8**3 * 0.2 * 0.5]))  # log p(x, z)
 K = 3
-
-
-def model(data):
-    z = numpyro.sample("z", dist.Bernoulli(0.5))
-    with numpyro.plate("d", data.shape[0]):
-        numpyro.sample("x", dist.Bernoulli(0.2 + 0.6 * z), obs=data)
 
 
 def guide(data):

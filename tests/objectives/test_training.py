@@ -16,6 +16,8 @@ import pytest
 from numpyro.infer import SVI
 
 import ppl
+from models.coin import DATA
+from models.coin import model as coin_model
 
 KEY = jax.random.PRNGKey(0)
 X = 1.3
@@ -56,14 +58,7 @@ def test_gaussian_posterior(name):
     assert abs(float(result.params["s"]) - np.sqrt(0.5)) < 0.1
 
 
-DATA = jnp.array([1.0, 1.0, 0.0, 1.0])
 L1, L0 = 0.8**3 * 0.2 * 0.5, 0.2**3 * 0.8 * 0.5
-
-
-def coin_model(data):
-    z = numpyro.sample("z", dist.Bernoulli(0.5))
-    with numpyro.plate("d", data.shape[0]):
-        numpyro.sample("x", dist.Bernoulli(0.2 + 0.6 * z), obs=data)
 
 
 def coin_guide(data):
