@@ -141,10 +141,12 @@ class MVD(Strategy):
 
 
 def reparam() -> Reparam:
+    """Pathwise gradients through the sample (needs rsample); see :class:`Reparam`."""
     return Reparam()
 
 
 def implicit() -> Implicit:
+    """Implicit reparameterization (Gamma, Beta, Dirichlet, ...); see :class:`Implicit`."""
     return Implicit()
 
 
@@ -154,10 +156,12 @@ def reinforce(baseline="none", learn: bool = False) -> Reinforce:
 
 
 def enum() -> Enum:
+    """Exact enumeration / per-element local expectations; see :class:`Enum`."""
     return Enum()
 
 
 def mvd() -> MVD:
+    """Measure-valued derivatives; see :class:`MVD`."""
     return MVD()
 
 
