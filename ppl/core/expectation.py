@@ -42,7 +42,7 @@ _NO_TARGET = Target(jnp.int32(-1), jnp.int32(0), jnp.int32(0))
 class TermInfo(NamedTuple):
     """Static description of a log-density term of an additive program."""
 
-    dims: tuple
+    plates: tuple  # (name, dim) of its plates
     sign: float
     name: str
     orders: set  # orders of the analysed sites it depends on (provenance)
@@ -107,7 +107,7 @@ class Expectation:
     def _term_plan(self, sites, key, args, kwargs):
         """Which log-density terms depend on which site (provenance); mark fast / RB sites.
 
-        Returns per term (plate dims, sign, orders of the analysed sites it depends on).
+        Returns per term (plates, sign, orders of the analysed sites it depends on).
         """
         from numpyro.ops.provenance import eval_provenance
 
@@ -133,24 +133,24 @@ class Expectation:
             forced = {s.order: values[f"s{s.order}"] for s in analysed}
             state = RunState("provenance", combo, _NO_TARGET, sites, forced=forced)
             self._run(state, key, args, kwargs)
-            meta[:] = [(t.dims, t.sign, t.name) for t in state.terms]
+            meta[:] = [(t.plates, t.sign, t.name) for t in state.terms]
             return [t.lp for t in state.terms]
 
         inputs = {f"s{s.order}": jnp.zeros(s.value_shape, s.value_dtype) for s in analysed}
         deps = eval_provenance(terms_of, **inputs)
         terms = []
-        for (dims, sign, name), dep in zip(meta, deps, strict=True):
+        for (plates, sign, name), dep in zip(meta, deps, strict=True):
             orders = {int(d[1:]) for d in dep if d.startswith("s")}
-            terms.append(TermInfo(dims, sign, name, orders))
+            terms.append(TermInfo(plates, sign, name, orders))
 
         def in_plates(s):
-            return all(set(s.plate_dims) <= set(t.dims) for t in terms if s.order in t.orders)
+            return all(set(s.plates) <= set(t.plates) for t in terms if s.order in t.orders)
 
         for s in fast:
             s.fast = in_plates(s)
         for s in rb:
             s.rao_blackwell = True
-            s.rb_aligned = s.plate_aligned and in_plates(s)
+            s.rb_aligned = s.plate_aligned
         return terms
 
     # -- the estimate ---------------------------------------------------------------
@@ -295,7 +295,9 @@ def _fast_values(site, terms, fast, offset):
 
 def _rao_blackwell_term(site, terms, rb_lp, main_terms, weight):
     """sum_c w_c sum_i (box(log q_i) - 1) sg(downstream cost_i): the score of each element
-    multiplies only the terms that depend on it (per element when they lie in its plates).
+    multiplies only the terms that depend on the site; a term in all of the site's plates
+    counts at the matching element only (plate elements are conditionally independent),
+    any other dependent term counts whole at every element.
     """
     lp = rb_lp[site.order]  # (C, *value shape)
     n_comb = lp.shape[0]
@@ -303,7 +305,7 @@ def _rao_blackwell_term(site, terms, rb_lp, main_terms, weight):
     for t, info in enumerate(terms):
         if site.order in info.orders:
             term = main_terms[t][0]
-            if site.rb_aligned:
+            if site.rb_aligned and set(site.plates) <= set(info.plates):
                 cost = cost + info.sign * _per_element(term, site, lead=1)
             else:
                 cost = cost + info.sign * jnp.sum(term.reshape(n_comb, -1), axis=1, keepdims=True)
@@ -348,7 +350,7 @@ def _drop_own_score(sites, terms, fixed_terms, weight, kinds):
 def _per_element(lp, site, lead=2):
     """Sum a (*lead, *shape) term over dims that are not the site's plates -> (*lead, N)."""
     lead, shape = lp.shape[:lead], lp.shape[lead:]
-    keep = set(site.plate_dims)
+    keep = {dim for _, dim in site.plates}  # the term lies in these plates (in_plates)
     axes = tuple(len(lead) + i for i in range(len(shape)) if (i - len(shape)) not in keep)
     lp = jnp.sum(lp, axis=axes, keepdims=True)
     batch = site.batch_shape

@@ -40,7 +40,7 @@ class Term(NamedTuple):
     """One log-density term of an additive program: sign * sum(lp) is added to its value."""
 
     lp: Any  # per-element log density (plate-scaled)
-    dims: tuple  # plate dims of the site
+    plates: tuple  # (name, dim) of the site's plates
     sign: float  # +1 from ppl.density, -1 from ppl.simulate
     name: str  # the site's name
     lp_fixed_value: Any = None  # ppl.simulate: log q at the stop-gradient value
@@ -61,14 +61,14 @@ class SiteInfo:
     loo: bool = False  # particles construct: some site inside uses baseline="loo"
     num_particles: int = 0
     in_particles: bool = False
-    plate_dims: tuple = ()  # dims of the enclosing plates
+    plates: tuple = ()  # (name, dim) of the enclosing plates
     batch_shape: tuple = ()
     value_shape: tuple = ()
     value_dtype: object = None
     plate_aligned: bool = False  # every batch dim of size > 1 is a plate dim
     fast: bool = False  # additive program: per-element values from one replay per alternative
     rao_blackwell: bool = False  # additive program: score times its downstream terms only
-    rb_aligned: bool = False  # ... element by element (all dependent terms in its plates)
+    rb_aligned: bool = False  # ... element by element (terms in its plates per element)
 
 
 @dataclasses.dataclass
@@ -135,9 +135,9 @@ def record_terms(trace, arrays: dict, sign: float) -> None:
         return
     for name, lp in arrays.items():
         site = trace[name]
-        dims = tuple(f.dim for f in site.get("cond_indep_stack") or [])
+        plates = plate_frames(site.get("cond_indep_stack"))
         fixed = site_log_prob_fixed(site, "value") if sign < 0 else None
-        state.terms.append(Term(lp, dims, sign, name, fixed))
+        state.terms.append(Term(lp, plates, sign, name, fixed))
 
 
 class apply_strategies(Messenger):
@@ -250,10 +250,16 @@ def _apply_target(state, info, rule, fn, x, key):
     return flat.reshape(jnp.shape(x))
 
 
+def plate_frames(frames) -> tuple:
+    """(name, dim) of each plate: two plates at the same dim are different plates."""
+    return tuple((f.name, f.dim) for f in frames or [])
+
+
 def _describe(name, order, fn, x, strat, state, frames) -> SiteInfo:
     n_particles = state.particle[1]
     n = num_elements(fn, x)
-    dims = tuple(f.dim for f in frames)
+    plates = plate_frames(frames)
+    dims = {dim for _, dim in plates}
     batch = tuple(jnp.shape(x))[: jnp.ndim(x) - len(fn.event_shape)]
     aligned = not fn.event_shape and all(
         size == 1 or (i - len(batch)) in dims for i, size in enumerate(batch)
@@ -265,7 +271,7 @@ def _describe(name, order, fn, x, strat, state, frames) -> SiteInfo:
             "reinforce",
             n * n_particles,
             in_particles=state.in_particles(),
-            plate_dims=dims,
+            plates=plates,
             batch_shape=batch,
             value_shape=tuple(jnp.shape(x)),
             value_dtype=jnp.result_type(x),
@@ -286,7 +292,7 @@ def _describe(name, order, fn, x, strat, state, frames) -> SiteInfo:
             pairs=rule.pairs,
             num_params=n_params,
             in_particles=state.in_particles(),
-            plate_dims=dims,
+            plates=plates,
             batch_shape=batch,
             value_shape=tuple(jnp.shape(x)),
             value_dtype=jnp.result_type(x),

@@ -130,7 +130,7 @@ def test_global_term_downstream_of_plate_site():
 
         E = ppl.expectation(program, additive=True)
         sites = E.discover(KEY, p0).sites
-        assert not sites[0].fast and not sites[0].rb_aligned
+        assert not sites[0].fast
         check_unbiased(
             lambda k, E=E: E.value_and_grad(k, p0), jax.value_and_grad(exact)(p0), KEY, 4000
         )
@@ -182,3 +182,93 @@ def test_elbo_particles_are_independent_rao_blackwellized_estimates():
     ratio = one.var(0).sum() / four.var(0).sum()
     assert 3.0 < ratio < 5.3, ratio  # 4 up to the sampling error of the variances
     check_unbiased(grad_estimator(ppl.objectives.elbo(4, loo=True), g), exact, KEY, 3000)
+
+
+@pytest.mark.parametrize("n2", [3, 4])
+@pytest.mark.parametrize("strategy", ["reinforce", "mvd"])
+def test_different_plates_at_the_same_dim(n2, strategy):
+    """Plates "a" and "b" both sit at dim -1 and z2's terms depend on z1: a term in plate
+    "b" must not be read element by element as if it were in plate "a" (same size: a
+    silently wrong gradient; different sizes: a broadcast error)."""
+
+    def model4(x):
+        with numpyro.plate("a", 3):
+            z1 = numpyro.sample("z1", dist.Bernoulli(logits=jnp.zeros(3)))
+        with numpyro.plate("b", n2):
+            z2 = numpyro.sample("z2", dist.Bernoulli(logits=2.0 * jnp.sum(z1) - 3.0))
+        numpyro.sample("x", dist.Normal(jnp.sum(z2), 1.0), obs=x)
+
+    def guide4(x, l1, l2):
+        with numpyro.plate("a", 3):
+            numpyro.sample("z1", dist.Bernoulli(logits=l1), infer={"grad": strategy})
+        with numpyro.plate("b", n2):
+            numpyro.sample("z2", dist.Bernoulli(logits=l2), infer={"grad": strategy})
+
+    def program(l1, l2):
+        q = ppl.simulate(guide4, 2.0, l1, l2)
+        return ppl.density(model4, q.values, 2.0) - q.log_prob
+
+    def bernoulli(logits, z):  # plain formula: NumPyro's gradient is wrong at logits 0
+        return jnp.sum(z * logits - jnp.log1p(jnp.exp(logits)))
+
+    def exact(l1, l2):
+        total = 0.0
+        for bits in itertools.product([0.0, 1.0], repeat=3 + n2):
+            z1, z2 = jnp.array(bits[:3]), jnp.array(bits[3:])
+            logq = bernoulli(l1, z1) + bernoulli(l2, z2)
+            logp = bernoulli(jnp.zeros(3), z1) + bernoulli(2.0 * jnp.sum(z1) - 3.0, z2)
+            logp = logp + dist.Normal(jnp.sum(z2), 1.0).log_prob(2.0)
+            total = total + jnp.exp(logq) * (logp - logq)
+        return total
+
+    l1, l2 = jnp.array([0.3, -0.5, 1.0]), jnp.linspace(-1.0, 1.0, n2)
+    E = ppl.expectation(program, additive=True)
+    sites = E.discover(KEY, l1, l2).sites
+    assert not sites[0].fast  # z1's terms span plate "b": not read per element of "a"
+    reference = jax.grad(exact, argnums=(0, 1))(l1, l2)
+    check_unbiased(lambda k: E.grad(k, l1, l2, argnums=(0, 1)), reference, KEY, 4000)
+
+
+def test_two_layer_belief_net_variance_matches_tracegraph():
+    """Layers in different plates at the same dim; each z1 score multiplies the z2 terms
+    (all of plate "h2") whole and its own terms per element. Measured (2000 keys): total
+    variance 73.0, TraceGraph_ELBO 71.9, no Rao-Blackwellization 226 (matching plates by
+    dim alone raised a broadcast error here)."""
+    rng = np.random.default_rng(0)
+    w1, w2 = jnp.asarray(rng.normal(size=(4, 4))), jnp.asarray(1.5 * rng.normal(size=(6, 4)))
+    x = jnp.array([1.0, 0.0, 1.0, 1.0, 0.0, 0.0])
+
+    def sbn(x):
+        with numpyro.plate("h1", 4):
+            z1 = numpyro.sample("z1", dist.Bernoulli(logits=jnp.zeros(4)))
+        with numpyro.plate("h2", 4):
+            z2 = numpyro.sample("z2", dist.Bernoulli(logits=w1 @ z1))
+        with numpyro.plate("obs", 6):
+            numpyro.sample("x", dist.Bernoulli(logits=w2 @ z2), obs=x)
+
+    def sbn_guide(x):
+        for site, plate in (("z1", "h1"), ("z2", "h2")):
+            logits = numpyro.param("q" + site, jnp.linspace(-1.0, 1.0, 4))
+            with numpyro.plate(plate, 4):
+                numpyro.sample(site, dist.Bernoulli(logits=logits))
+
+    params = {"qz1": jnp.linspace(-1.0, 1.0, 4), "qz2": jnp.linspace(-1.0, 1.0, 4)}
+
+    def stats(loss):
+        def grad(k):
+            g = jax.grad(lambda p: loss.loss(k, p, sbn, sbn_guide, x))(params)
+            return -jnp.concatenate([g["qz1"], g["qz2"]])
+
+        return estimator_stats(grad, KEY, 2000)[2]
+
+    rb, plain, tg = (
+        stats(loss)
+        for loss in (
+            ppl.objectives.elbo(),
+            ppl.objectives.elbo(rao_blackwellize=False),
+            TraceGraph_ELBO(),
+        )
+    )
+    var = {"rb": rb.var(0).sum(), "plain": plain.var(0).sum(), "tg": tg.var(0).sum()}
+    assert var["rb"] < 1.2 * var["tg"], var
+    assert var["plain"] > 1.5 * var["rb"], var
