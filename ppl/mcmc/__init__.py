@@ -1,0 +1,30 @@
+"""Composable MCMC kernels: pure ``(init, step)`` pairs and NumPyro ``MCMCKernel`` adapters.
+
+Pure kernels take an unnormalized log density of a position (an array or a pytree) and
+return a :class:`Kernel`; they run under ``jax.jit``, ``jax.vmap`` and ``jax.lax.scan``.
+"""
+
+from .base import GradState, Info, Kernel, State, mh_accept, summarize
+from .combinators import cycle, mixture, repeat
+from .enum_gibbs import enum_gibbs
+from .gradient import hmc, leapfrog, mala
+from .mh import independence, mh, random_walk
+
+__all__ = [
+    "Kernel",
+    "State",
+    "GradState",
+    "Info",
+    "summarize",
+    "mh_accept",
+    "mh",
+    "random_walk",
+    "independence",
+    "mala",
+    "hmc",
+    "leapfrog",
+    "enum_gibbs",
+    "cycle",
+    "mixture",
+    "repeat",
+]
