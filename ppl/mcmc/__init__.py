@@ -4,6 +4,7 @@ Pure kernels take an unnormalized log density of a position (an array or a pytre
 return a :class:`Kernel`; they run under ``jax.jit``, ``jax.vmap`` and ``jax.lax.scan``.
 """
 
+from .adapters import HMC, MALA, AdaptState, KernelState, ModelKernel, RandomWalk
 from .base import GradState, Info, Kernel, State, mh_accept, summarize
 from .combinators import cycle, mixture, repeat
 from .enum_gibbs import enum_gibbs
@@ -27,4 +28,10 @@ __all__ = [
     "cycle",
     "mixture",
     "repeat",
+    "ModelKernel",
+    "KernelState",
+    "AdaptState",
+    "RandomWalk",
+    "MALA",
+    "HMC",
 ]

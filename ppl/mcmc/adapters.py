@@ -1,0 +1,239 @@
+"""NumPyro ``MCMCKernel`` adapters: run a pure kernel on a model inside ``numpyro.infer.MCMC``.
+
+The model is moved to unconstrained space with ``numpyro.infer.util.initialize_model``
+(log density = −potential, ``postprocess_fn`` constrains and adds deterministic sites),
+the step size is tuned during warm-up by NumPyro's dual averaging, and a batch of keys
+(``chain_method="vectorized"``) vmaps ``init`` and ``sample`` as NumPyro's ``HMC`` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from numpyro.infer.hmc_util import dual_averaging
+from numpyro.infer.initialization import init_to_uniform
+from numpyro.infer.mcmc import MCMCKernel
+from numpyro.infer.util import ParamInfo, initialize_model
+from numpyro.util import identity, is_prng_key
+
+from .base import Kernel, summarize
+from .gradient import hmc, mala
+from .mh import random_walk
+
+
+class AdaptState(NamedTuple):
+    """Step size in use and NumPyro's dual-averaging state over log step size."""
+
+    step_size: jax.Array
+    dual_averaging: tuple
+
+
+class KernelState(NamedTuple):
+    """State of an adapted kernel; ``z`` (the unconstrained position) is the sample field."""
+
+    i: jax.Array
+    inner: Any
+    adapt: AdaptState
+    accept_prob: jax.Array
+    mean_accept_prob: jax.Array
+    rng_key: jax.Array
+
+    @property
+    def z(self):
+        return self.inner.position
+
+
+class ModelKernel(MCMCKernel):
+    """Base of the NumPyro adapters: a subclass gives ``build(logdensity_fn, step_size)``
+    returning a pure :class:`~ppl.mcmc.Kernel`; everything else (initialization,
+    unconstrained space, step-size adaptation, vectorized chains) lives here.
+
+    Example::
+
+        class MyRW(ModelKernel):
+            def build(self, logdensity_fn, step_size):
+                return ppl.mcmc.random_walk(logdensity_fn, step_size)
+    """
+
+    target_accept_prob: float = 0.8
+
+    def __init__(
+        self,
+        model: Callable | None = None,
+        potential_fn: Callable | None = None,
+        step_size: float = 0.1,
+        adapt_step_size: bool = True,
+        target_accept_prob: float | None = None,
+        init_strategy: Callable = init_to_uniform,
+    ):
+        if (model is None) == (potential_fn is None):
+            raise ValueError("Give exactly one of `model` or `potential_fn`.")
+        self._model = model
+        self._potential_fn = potential_fn
+        self._potential_fn_gen = None
+        self._postprocess_fn = None
+        self._step_size = step_size
+        self._adapt_step_size = adapt_step_size
+        if target_accept_prob is not None:
+            self.target_accept_prob = target_accept_prob
+        self._init_strategy = init_strategy
+        self._num_warmup = 0
+        self._sample_fn = None
+
+    def build(self, logdensity_fn: Callable, step_size) -> Kernel:
+        """The pure kernel for ``logdensity_fn`` at ``step_size``."""
+        raise NotImplementedError
+
+    @property
+    def model(self):
+        return self._model
+
+    @property
+    def sample_field(self):
+        return "z"
+
+    def get_diagnostics_str(self, state):
+        step_size, accept = float(state.adapt.step_size), float(state.mean_accept_prob)
+        return f"step size {step_size:.2e}. acc. prob={accept:.2f}"
+
+    def postprocess_fn(self, model_args, model_kwargs):
+        if self._postprocess_fn is None:
+            return identity
+        return self._postprocess_fn(*model_args, **model_kwargs)
+
+    def _logdensity_fn(self, model_args, model_kwargs):
+        if self._potential_fn_gen is not None:
+            potential = self._potential_fn_gen(*model_args, **(model_kwargs or {}))
+        else:
+            potential = self._potential_fn
+        return lambda z: -potential(z)
+
+    def init(self, rng_key, num_warmup, init_params=None, model_args=(), model_kwargs=None):
+        model_kwargs = {} if model_kwargs is None else model_kwargs
+        self._num_warmup = num_warmup
+        vectorized = not is_prng_key(rng_key)
+        split = jax.vmap(jax.random.split) if vectorized else jax.random.split
+        keys = split(rng_key)
+        rng_key, key_init = (keys[:, 0], keys[:, 1]) if vectorized else (keys[0], keys[1])
+        if self._model is not None:
+            info, self._potential_fn_gen, self._postprocess_fn, _ = initialize_model(
+                key_init,
+                self._model,
+                init_strategy=self._init_strategy,
+                dynamic_args=True,
+                model_args=model_args,
+                model_kwargs=model_kwargs,
+            )
+            if init_params is None:
+                init_params = info.z
+        if isinstance(init_params, ParamInfo):
+            init_params = init_params.z
+        if init_params is None:
+            raise ValueError("Valid `init_params` must be provided with `potential_fn`.")
+        logdensity_fn = self._logdensity_fn(model_args, model_kwargs)
+        da_init, _ = dual_averaging()
+
+        def init_one(z, key):
+            step_size = jnp.asarray(self._step_size, jnp.result_type(float))
+            inner = self.build(logdensity_fn, step_size).init(z)
+            adapt = AdaptState(step_size, da_init(jnp.log(10.0 * step_size)))
+            zero = jnp.zeros((), jnp.result_type(float))
+            return KernelState(jnp.array(0), inner, adapt, zero, zero, key)
+
+        self._sample_fn = self._sample_one
+        if vectorized:
+            self._sample_fn = jax.vmap(self._sample_one, in_axes=(0, None, None))
+            return jax.vmap(init_one)(init_params, rng_key)
+        return init_one(init_params, rng_key)
+
+    def _sample_one(self, state, model_args, model_kwargs):
+        logdensity_fn = self._logdensity_fn(model_args, model_kwargs)
+        rng_key, key_step = jax.random.split(state.rng_key)
+        kernel = self.build(logdensity_fn, state.adapt.step_size)
+        inner, info = kernel.step(key_step, state.inner)
+        accept_prob = summarize(info).acceptance_rate
+        warm = state.i < self._num_warmup
+        adapt = state.adapt
+        if self._adapt_step_size:
+            _, da_update = dual_averaging()
+
+            def update(adapt):
+                da = da_update(self.target_accept_prob - accept_prob, adapt.dual_averaging)
+                last = state.i == self._num_warmup - 1
+                return AdaptState(jnp.exp(jnp.where(last, da[1], da[0])), da)
+
+            adapt = jax.lax.cond(warm, update, identity, adapt)
+        i = state.i + 1
+        n = jnp.where(warm, i, i - self._num_warmup)
+        mean_accept_prob = state.mean_accept_prob + (accept_prob - state.mean_accept_prob) / n
+        return KernelState(i, inner, adapt, accept_prob, mean_accept_prob, rng_key)
+
+    def sample(self, state, model_args, model_kwargs):
+        if self._sample_fn is None:
+            raise RuntimeError("`init` must be called before `sample`.")
+        return self._sample_fn(state, model_args, model_kwargs)
+
+
+class RandomWalk(ModelKernel):
+    """Gaussian random-walk Metropolis on a NumPyro model (unconstrained space), scale
+    tuned during warm-up to ``target_accept_prob`` (default 0.234).
+
+    Example::
+
+        mcmc = MCMC(ppl.mcmc.RandomWalk(model, step_size=0.5), num_warmup=1000,
+                    num_samples=1000)
+    """
+
+    target_accept_prob = 0.234
+
+    def build(self, logdensity_fn, step_size):
+        return random_walk(logdensity_fn, step_size)
+
+
+class MALA(ModelKernel):
+    """Metropolis-adjusted Langevin on a NumPyro model, step size tuned during warm-up to
+    ``target_accept_prob`` (default 0.574).
+
+    Example::
+
+        mcmc = MCMC(ppl.mcmc.MALA(model, step_size=0.1), num_warmup=500, num_samples=1000)
+    """
+
+    target_accept_prob = 0.574
+
+    def build(self, logdensity_fn, step_size):
+        return mala(logdensity_fn, step_size)
+
+
+class HMC(ModelKernel):
+    """HMC with ``num_steps`` leapfrog steps on a NumPyro model (``adjusted=False``: no
+    MH test); step size tuned during warm-up to ``target_accept_prob`` (default 0.8).
+
+    Example::
+
+        mcmc = MCMC(ppl.mcmc.HMC(model, num_steps=10), num_warmup=500, num_samples=1000,
+                    num_chains=2, chain_method="vectorized")
+    """
+
+    def __init__(
+        self,
+        model: Callable | None = None,
+        potential_fn: Callable | None = None,
+        step_size: float = 0.1,
+        num_steps: int = 10,
+        adjusted: bool = True,
+        adapt_step_size: bool = True,
+        target_accept_prob: float | None = None,
+        init_strategy: Callable = init_to_uniform,
+    ):
+        super().__init__(
+            model, potential_fn, step_size, adapt_step_size, target_accept_prob, init_strategy
+        )
+        self._num_steps = num_steps
+        self._adjusted = adjusted
+
+    def build(self, logdensity_fn, step_size):
+        return hmc(logdensity_fn, step_size, self._num_steps, adjusted=self._adjusted)
