@@ -6,8 +6,9 @@ return a :class:`Kernel`; they run under ``jax.jit``, ``jax.vmap`` and ``jax.lax
 
 from .adapters import HMC, MALA, AdaptState, KernelState, ModelKernel, RandomWalk
 from .base import GradState, Info, Kernel, State, mh_accept, summarize
-from .combinators import cycle, mixture, repeat
+from .combinators import block, cycle, mixture, repeat
 from .enum_gibbs import enum_gibbs
+from .gibbs import EnumGibbs
 from .gradient import hmc, leapfrog, mala
 from .mh import independence, mh, random_walk
 
@@ -28,10 +29,12 @@ __all__ = [
     "cycle",
     "mixture",
     "repeat",
+    "block",
     "ModelKernel",
     "KernelState",
     "AdaptState",
     "RandomWalk",
     "MALA",
     "HMC",
+    "EnumGibbs",
 ]

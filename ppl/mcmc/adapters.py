@@ -69,8 +69,8 @@ class ModelKernel(MCMCKernel):
         target_accept_prob: float | None = None,
         init_strategy: Callable = init_to_uniform,
     ):
-        if (model is None) == (potential_fn is None):
-            raise ValueError("Give exactly one of `model` or `potential_fn`.")
+        if model is not None and potential_fn is not None:
+            raise ValueError("Give one of `model` or `potential_fn`, not both.")
         self._model = model
         self._potential_fn = potential_fn
         self._potential_fn_gen = None
@@ -111,24 +111,33 @@ class ModelKernel(MCMCKernel):
             potential = self._potential_fn
         return lambda z: -potential(z)
 
+    def _setup(self, key, init_params, model_args, model_kwargs):
+        """Prepare the log density and ``postprocess_fn`` of the model; initial positions."""
+        info, self._potential_fn_gen, self._postprocess_fn, _ = initialize_model(
+            key,
+            self._model,
+            init_strategy=self._init_strategy,
+            dynamic_args=True,
+            model_args=model_args,
+            model_kwargs=model_kwargs,
+        )
+        return info.z if init_params is None else init_params
+
+    def adapt_statistic(self, info) -> jax.Array:
+        """The acceptance probability that step-size adaptation steers to its target."""
+        return summarize(info).acceptance_rate
+
     def init(self, rng_key, num_warmup, init_params=None, model_args=(), model_kwargs=None):
         model_kwargs = {} if model_kwargs is None else model_kwargs
+        if self._model is None and self._potential_fn is None:
+            raise ValueError("This kernel has neither a `model` nor a `potential_fn`.")
         self._num_warmup = num_warmup
         vectorized = not is_prng_key(rng_key)
         split = jax.vmap(jax.random.split) if vectorized else jax.random.split
         keys = split(rng_key)
         rng_key, key_init = (keys[:, 0], keys[:, 1]) if vectorized else (keys[0], keys[1])
         if self._model is not None:
-            info, self._potential_fn_gen, self._postprocess_fn, _ = initialize_model(
-                key_init,
-                self._model,
-                init_strategy=self._init_strategy,
-                dynamic_args=True,
-                model_args=model_args,
-                model_kwargs=model_kwargs,
-            )
-            if init_params is None:
-                init_params = info.z
+            init_params = self._setup(key_init, init_params, model_args, model_kwargs)
         if isinstance(init_params, ParamInfo):
             init_params = init_params.z
         if init_params is None:
@@ -154,7 +163,7 @@ class ModelKernel(MCMCKernel):
         rng_key, key_step = jax.random.split(state.rng_key)
         kernel = self.build(logdensity_fn, state.adapt.step_size)
         inner, info = kernel.step(key_step, state.inner)
-        accept_prob = summarize(info).acceptance_rate
+        accept_prob = self.adapt_statistic(info)
         warm = state.i < self._num_warmup
         adapt = state.adapt
         if self._adapt_step_size:

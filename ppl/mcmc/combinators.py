@@ -8,12 +8,12 @@ a combinator hands the position from one kernel to the next, re-initializing the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 
-from .base import Kernel, summarize
+from .base import Kernel, State, summarize
 
 
 def _convert(kernel: Kernel, state):
@@ -115,3 +115,39 @@ def repeat(kernel: Kernel, n: int) -> Kernel:
         return states, probs
 
     return Kernel(kernel.init, step, transition_probs)
+
+
+def block(make_kernel: Callable[[Callable], Kernel], logdensity_fn: Callable, sites) -> Kernel:
+    """Update only ``sites`` of a dict position, the others held fixed: the inner kernel
+    ``make_kernel(ld)`` targets the conditional ld(sub) = log π({**rest, **sub}).
+
+    The state is a ``State`` of the full position; the inner state is rebuilt each step
+    (one extra log-density evaluation). Example::
+
+        k = block(lambda ld: mala(ld, 0.1), logp, ["mu", "tau"])
+    """
+    sites = tuple(sites)
+
+    def init(position):
+        return State(position, jnp.asarray(logdensity_fn(position)))
+
+    def inner(position):
+        rest = {k: v for k, v in position.items() if k not in sites}
+        kernel = make_kernel(lambda sub: logdensity_fn({**rest, **sub}))
+        return rest, kernel, kernel.init({k: position[k] for k in sites})
+
+    def step(key, state):
+        rest, kernel, s = inner(state.position)
+        s, info = kernel.step(key, s)
+        return State({**rest, **s.position}, s.logdensity), info
+
+    def transition_probs(state):
+        rest, kernel, s = inner(state.position)
+        if kernel.transition_probs is None:
+            raise NotImplementedError("the inner kernel has no exact transition_probs")
+        states, probs = kernel.transition_probs(s)
+        n = probs.shape[0]
+        full = {**jax.tree.map(lambda x: jnp.broadcast_to(x, (n,) + jnp.shape(x)), rest)}
+        return State({**full, **states.position}, states.logdensity), probs
+
+    return Kernel(init, step, transition_probs)
