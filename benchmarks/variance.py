@@ -122,34 +122,35 @@ def sbn_params(seed: int = 2):
 
 
 def sbn_model(x):
-    # Each layer gets its own plate dim (-1, -2, -3): ppl aligns per-element
-    # Rao-Blackwellization by plate dim, so same-dim plates of different layers would be
-    # mistaken for one plate (see the report).
+    # Every layer's plate sits at dim -1: ppl tells plates apart by name.
     w = SBN_W
-    with numpyro.plate("h1", SBN_H1, dim=-1):
+    with numpyro.plate("h1", SBN_H1):
         z1 = numpyro.sample("z1", dist.Bernoulli(logits=w["b1"]))
-    with numpyro.plate("h2", SBN_H2, dim=-2):
-        z2 = numpyro.sample("z2", dist.Bernoulli(logits=(w["W1"] @ z1 + w["c2"])[:, None]))
-    with numpyro.plate("obs", SBN_D, dim=-3):
-        logits = (w["W2"] @ z2[:, 0] + w["c3"])[:, None, None]
-        numpyro.sample("x", dist.Bernoulli(logits=logits), obs=x[:, None, None])
+    with numpyro.plate("h2", SBN_H2):
+        z2 = numpyro.sample("z2", dist.Bernoulli(logits=w["W1"] @ z1 + w["c2"]))
+    with numpyro.plate("obs", SBN_D):
+        numpyro.sample("x", dist.Bernoulli(logits=w["W2"] @ z2 + w["c3"]), obs=x)
+
+
+def baseline_strategy(site: str, shape: tuple, baseline: str):
+    """reinforce with a baseline per element: "fixed" / "learn" (a param) or "running"."""
+    if baseline == "running":
+        return ppl.reinforce(baseline=ppl.running_baseline(f"b_{site}", shape=shape))
+    b = numpyro.param(f"b_{site}", jnp.zeros(shape))
+    return ppl.reinforce(baseline=b, learn=baseline == "learn")
 
 
 def make_sbn_guide(infer=None, baseline: str | None = None):
     """Mean-field guide; ``infer``: per-site infer dict; ``baseline``: "fixed"/"learn"."""
 
     def guide(x):
-        for site, plate, n, dim in (("z1", "h1", SBN_H1, -1), ("z2", "h2", SBN_H2, -2)):
+        for site, plate, n in (("z1", "h1", SBN_H1), ("z2", "h2", SBN_H2)):
             logits = numpyro.param(f"q{site[1]}_logits", jnp.zeros(n))
             site_infer = dict(infer or {})
-            shape = (n,) if dim == -1 else (n, 1)
             if baseline is not None:
-                b = numpyro.param(f"b_{site}", jnp.zeros(n))
-                site_infer["grad"] = ppl.reinforce(
-                    baseline=b.reshape(shape), learn=baseline == "learn"
-                )
-            with numpyro.plate(plate, n, dim=dim):
-                numpyro.sample(site, dist.Bernoulli(logits=logits.reshape(shape)), infer=site_infer)
+                site_infer["grad"] = baseline_strategy(site, (n,), baseline)
+            with numpyro.plate(plate, n):
+                numpyro.sample(site, dist.Bernoulli(logits=logits), infer=site_infer)
 
     return guide
 
@@ -165,8 +166,7 @@ def make_gmm_guide(infer=None, baseline: str | None = None):
         logits = numpyro.param("z_logits", jnp.zeros((x.shape[0], M.GMM_K)))
         site_infer = dict(infer or {})
         if baseline is not None:
-            b = numpyro.param("b_z", jnp.zeros(x.shape[0]))
-            site_infer["grad"] = ppl.reinforce(baseline=b, learn=baseline == "learn")
+            site_infer["grad"] = baseline_strategy("z", (x.shape[0],), baseline)
         with numpyro.plate("data", x.shape[0]):
             numpyro.sample("z", dist.Categorical(logits=logits), infer=site_infer)
 
@@ -187,8 +187,7 @@ def make_lr_guide(infer=None, baseline: str | None = None):
         scale = numpyro.param("w_scale", 0.1 * jnp.ones(d), constraint=constraints.positive)
         site_infer = dict(infer or {})
         if baseline is not None:
-            b = numpyro.param("b_w", jnp.zeros(()))
-            site_infer["grad"] = ppl.reinforce(baseline=b, learn=baseline == "learn")
+            site_infer["grad"] = baseline_strategy("w", (), baseline)
         numpyro.sample("w", dist.Normal(loc, scale).to_event(1), infer=site_infer)
 
     return guide
@@ -221,7 +220,7 @@ class Estimator:
     target: str  # "elbo" (same target as the reference) or e.g. "iwae(K)"
     particles: int
     note: str
-    baseline: str | None = None  # "fixed" / "learn": extra params
+    baseline: str | None = None  # "fixed" / "learn" / "running": extra params or state
     model: object = None
 
 
@@ -277,6 +276,16 @@ def _estimators(problem: str, K: int, make_guide, discrete: bool) -> list[Estima
             1,
             "RB + numpyro.param baseline per element, fitted by learn=True (see text)",
             baseline="learn",
+        ),
+        E(
+            "ours reinforce running baseline",
+            elbo(),
+            make_guide(baseline="running"),
+            "elbo",
+            1,
+            "RB + ppl.running_baseline per element (decay 0.9), state filled by SVI-style "
+            "calls at fixed guide params (see text)",
+            baseline="running",
         ),
         E(
             f"ours elbo(K={K}) RB",
@@ -357,6 +366,21 @@ def fit_baseline(compiled: Compiled, params, data, steps: int, names, lr=0.5):
     return {**params, **b}
 
 
+def fill_running(e: Estimator, model, params, data, steps: int, names):
+    """SVI's update of the running-baseline state (loss_with_mutable_state), guide fixed."""
+    step = jax.jit(
+        lambda p, k: e.loss.loss_with_mutable_state(k, p, model, e.guide, *data)["mutable_state"]
+    )
+    for key in jax.random.split(jax.random.PRNGKey(123), steps):
+        state = step(params, key)
+        params = {**params, **{k: state[k] for k in names}}
+    return params
+
+
+def _baseline_value(b):
+    return b["mean"] / b["weight"] if isinstance(b, dict) else b
+
+
 def bench_problem(cfg: Config, name, model, make_guide, params, data, coords, discrete, extra=()):
     ests = _estimators(name, cfg.K, make_guide, discrete) + list(extra)
     if cfg.only_estimators is not None:
@@ -378,6 +402,10 @@ def bench_problem(cfg: Config, name, model, make_guide, params, data, coords, di
         if e.baseline is not None:
             for bn, (_site, n) in zip(base_names, _sites(make_guide, data).items(), strict=True):
                 p[bn] = jnp.full(n, fixed_b if e.baseline == "fixed" else 0.0, jnp.float32)
+                if e.baseline == "running":
+                    p[bn] = {"mean": p[bn], "weight": jnp.zeros(())}
+        if e.baseline == "running":
+            p = fill_running(e, model, p, data, cfg.baseline_fit_steps, base_names)
         c = Compiled(e.name, loss_grad(e.loss, e.model or model, e.guide), (p, key0, *data))
         if e.baseline == "learn":
             p = fit_baseline(c, p, data, cfg.baseline_fit_steps, base_names)
@@ -426,7 +454,9 @@ def bench_problem(cfg: Config, name, model, make_guide, params, data, coords, di
             "note": e.note,
         }
         if e.baseline is not None:
-            bvals = np.concatenate([np.ravel(est_params[e.name][b]) for b in base_names])
+            bvals = np.concatenate(
+                [np.ravel(_baseline_value(est_params[e.name][b])) for b in base_names]
+            )
             rows[e.name]["baseline_mean"] = float(bvals.mean())
     r0 = rows[REF_NAME]
     for r in rows.values():
@@ -571,7 +601,10 @@ def render_markdown(results: dict) -> str:
         "Fixed baseline = the mean ELBO estimate at these params (a constant, per "
         "element). Learned baseline = per-element `numpyro.param`, `ppl.reinforce(baseline=b,"
         f" learn=True)`, fitted by {cfg['baseline_fit_steps']} Adam steps (lr 0.5) on the "
-        "baseline params only (guide params held fixed at the benchmark values).",
+        "baseline params only (guide params held fixed at the benchmark values). Running "
+        "baseline = `ppl.running_baseline(shape=(n,))` per element, its state moved by "
+        f"{cfg['baseline_fit_steps']} calls of `loss_with_mutable_state` (what SVI does each "
+        "step) at the same fixed guide params.",
     ]
     for p in results["problems"]:
         out += [

@@ -3,6 +3,7 @@
 from .constructs import Simulation, density, particles, simulate
 from .expectation import Expectation, expectation
 from .marginal import Marginal, Normalize, marginal, normalize
+from .running import RunningBaseline, running_baseline
 from .strategies import (
     MVD,
     Enum,
@@ -43,4 +44,6 @@ __all__ = [
     "enum",
     "mvd",
     "strategy",
+    "RunningBaseline",
+    "running_baseline",
 ]

@@ -156,6 +156,14 @@ class Expectation:
     # -- the estimate ---------------------------------------------------------------
     def __call__(self, key, *args, **kwargs):
         """Differentiable unbiased estimate of E[f(*args, **kwargs)] under ``key``."""
+        return self._estimate(key, args, kwargs)[0]
+
+    def with_updates(self, key, *args, **kwargs):
+        """(estimate, updates): ``updates`` maps the mutable-site name of each
+        :func:`ppl.running_baseline` read by the program to its next state."""
+        return self._estimate(key, args, kwargs)
+
+    def _estimate(self, key, args, kwargs):
         plan = self.discover(key, *args, **kwargs)
         sites = plan.sites
         joint = [s for s in sites if s.kind == "joint_enum"]
@@ -173,20 +181,25 @@ class Expectation:
             forced = {s.order: combo[j] for j, s in enumerate(joint)}
             return RunState(mode, forced, target, sites)
 
+        running = {}  # order -> running baseline (static name and decay; state per combo)
+
         def main(combo):
             st = state_for("main", combo, _NO_TARGET)
             value = self._run(st, key, args, kwargs)
             terms = [(t.lp, t.lp_fixed_value) for t in st.terms] if self.additive else []
-            rb = (st.reinforce_lp, terms, st.learned)
+            running.update(st.running)
+            rb = (st.reinforce_lp, terms, st.learned, {o: b.state for o, b in st.running.items()})
             return value, st.score, st.extra, st.enum_lw, st.local, st.loo, rb
 
         if n_comb == 1:
             outs = jax.tree.map(lambda x: x[None], main(combos[0]))
         else:
             outs = jax.vmap(main)(combos)
-        value, score, extra, enum_lw, local, loo, (rb_lp, main_terms, learned) = outs
+        value, score, extra, enum_lw, local, loo, rb = outs
+        rb_lp, main_terms, learned, running_states = rb
         weight = jnp.exp(enum_lw)
         estimate = jnp.sum(weight * (value * box(score) + extra))
+        updates = {}
         for s in sites:
             if s.kind != "reinforce":
                 continue
@@ -196,6 +209,15 @@ class Expectation:
                 estimate = estimate + term
             if s.order in learned:
                 estimate = estimate + _baseline_fit_term(learned[s.order], cost, weight)
+            if s.order in running:
+                state = jax.tree.map(lambda x: x[0], running_states[s.order])
+                baseline = running[s.order]._replace(state=state)
+                expected_cost = jnp.sum(weight[:, None] * cost, axis=0)
+                if baseline.name in updates:
+                    raise ValueError(
+                        f"running baseline '{baseline.name}' serves two sites; give each its own"
+                    )
+                updates[baseline.name] = baseline.updated(expected_cost)
         kinds = {"reinforce", "local"} if self.rao_blackwellize else set()
         if self.stick_the_landing:
             kinds.add("reparam")
@@ -238,7 +260,7 @@ class Expectation:
                 loo_score, lw_up = loo[s.order]
                 term = jnp.sum((1.0 - box(loo_score)) * baseline, axis=1)
                 estimate = estimate + jnp.sum(jnp.exp(lw_up) * term)
-        return estimate
+        return estimate, updates
 
     # -- conveniences ---------------------------------------------------------------
     def estimate(self, key, *args, **kwargs):

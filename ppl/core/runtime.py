@@ -26,6 +26,7 @@ from numpyro.primitives import Messenger
 
 from .distributions import base_distribution, log_prob, num_elements
 from .mvd import enum_rule, mvd_rule
+from .running import RunningBaseline
 from .strategies import MVD, Enum, Reinforce, StrategyError, resolve_strategy
 
 _STACK: list = []  # active runs (innermost last)
@@ -108,6 +109,7 @@ class RunState:
         self.has_loo = False  # discover: a site in this particles run uses baseline="loo"
         self.reinforce_lp: dict[int, Any] = {}  # order -> per-element log prob (RB sites)
         self.learned: dict[int, Any] = {}  # order -> learned baseline value (differentiable)
+        self.running: dict[int, RunningBaseline] = {}  # order -> running baseline read
 
     def next_order(self) -> int:
         order = self.counter[0]
@@ -180,6 +182,12 @@ class apply_strategies(Messenger):
                         "ppl.particles (leave-one-out is across particles)"
                     )
                 state.has_loo = True
+            if isinstance(strat, Reinforce) and isinstance(strat.baseline, RunningBaseline):
+                if state.in_particles():
+                    raise StrategyError(
+                        f"site '{name}': a running baseline needs the site outside "
+                        "ppl.particles (inside, use baseline='loo')"
+                    )
             return
         info = state.by_order[order]
         if info.kind in ("reparam",):
@@ -198,6 +206,10 @@ class apply_strategies(Messenger):
             if isinstance(baseline, str):
                 if baseline == "loo":
                     state.loo_score = state.loo_score + lp
+            elif isinstance(baseline, RunningBaseline):
+                b = jnp.broadcast_to(baseline.value.astype(lp_elements.dtype), lp_elements.shape)
+                state.extra = state.extra + jnp.sum((1.0 - box(lp_elements)) * b)
+                state.running[order] = baseline
             else:
                 b = jnp.broadcast_to(jnp.asarray(baseline, lp_elements.dtype), lp_elements.shape)
                 state.extra = state.extra + jnp.sum((1.0 - box(lp_elements)) * lax.stop_gradient(b))

@@ -12,6 +12,7 @@ import numpyro.distributions as dist
 from numpyro.primitives import Messenger
 
 from .distributions import base_distribution, is_reparameterized
+from .running import RunningBaseline
 
 __all__ = [
     "Strategy",
@@ -87,7 +88,8 @@ class Reinforce(Strategy):
     innermost :func:`ppl.particles`: the program value with this particle's value replaced
     by the mean of the others); or a value (a number, or an array of the site's batch
     shape, one per element) computed before the site is sampled, e.g. a
-    ``numpyro.param`` or a network's output. ``learn=True`` trains that value (its
+    ``numpyro.param`` or a network's output; or a :func:`ppl.running_baseline` (a moving
+    average of the cost, carried through SVI's mutable state). ``learn=True`` trains that value (its
     params) to predict the cost its score multiplies, by least squares, through the same
     gradient step; the estimate's value is unchanged.
     """
@@ -99,7 +101,7 @@ class Reinforce(Strategy):
             raise ValueError(
                 f"reinforce baseline must be 'none', 'loo' or a value; got {baseline!r}"
             )
-        if learn and isinstance(baseline, str):
+        if learn and isinstance(baseline, (str, RunningBaseline)):
             raise ValueError("reinforce(learn=True) needs a baseline value (e.g. a param)")
         self.baseline = baseline
         self.learn = learn

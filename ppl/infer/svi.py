@@ -6,6 +6,7 @@ import functools
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 from numpyro.handlers import substitute, trace
 
 from ..core.expectation import Expectation
@@ -70,11 +71,16 @@ class Objective:
 
     def estimate(self, rng_key, params, model, guide, *args, **kwargs):
         """Differentiable unbiased estimate of the objective at ``params``."""
+        return self.estimate_with_updates(rng_key, params, model, guide, *args, **kwargs)[0]
+
+    def estimate_with_updates(self, rng_key, params, model, guide, *args, **kwargs):
+        """(estimate, next states of the running baselines read, by mutable-site name)."""
         E = self.expectation(model, guide, params)
         if self.num_estimates == 1:
-            return E(rng_key, *args, **kwargs)
+            return E.with_updates(rng_key, *args, **kwargs)
         keys = jax.random.split(rng_key, self.num_estimates)
-        return jax.numpy.mean(jax.vmap(lambda k: E(k, *args, **kwargs))(keys))
+        values, updates = jax.vmap(lambda k: E.with_updates(k, *args, **kwargs))(keys)
+        return jnp.mean(values), jax.tree.map(lambda u: jnp.mean(u, axis=0), updates)
 
     def loss(self, rng_key, param_map, model, guide, *args, **kwargs):
         """SVI loss: the negated objective estimate."""
@@ -83,8 +89,11 @@ class Objective:
     def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
         """SVI loss plus the ``numpyro.mutable`` state written by model and guide."""
         mutable = _mutable_sites(rng_key, param_map, model, guide, args, kwargs)
-        loss = self.loss(rng_key, param_map, model, guide, *args, **kwargs)
-        return {"loss": loss, "mutable_state": mutable or None}
+        value, updates = self.estimate_with_updates(
+            rng_key, param_map, model, guide, *args, **kwargs
+        )
+        mutable.update(updates)
+        return {"loss": -value, "mutable_state": mutable or None}
 
 
 def _mutable_sites(rng_key, params, model, guide, args, kwargs):

