@@ -44,6 +44,7 @@ GAUSSIAN = {
     "renyi": ppl.objectives.renyi(0.5, 5),
     "cubo": ppl.objectives.cubo(2.0, 20),
     "rws": ppl.objectives.rws(5),
+    "rws_dreg": ppl.objectives.rws(5, dreg=True),
 }
 
 
