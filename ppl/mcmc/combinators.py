@@ -117,29 +117,40 @@ def repeat(kernel: Kernel, n: int) -> Kernel:
     return Kernel(kernel.init, step, transition_probs)
 
 
-def block(make_kernel: Callable[[Callable], Kernel], logdensity_fn: Callable, sites) -> Kernel:
+def block(
+    make_kernel: Callable[[Callable], Kernel], logdensity_fn: Callable, sites: str | Sequence[str]
+) -> Kernel:
     """Update only ``sites`` of a dict position, the others held fixed: the inner kernel
     ``make_kernel(ld)`` targets the conditional ld(sub) = log π({**rest, **sub}).
 
-    The state is a ``State`` of the full position; the inner state is rebuilt each step
-    (one extra log-density evaluation). Example::
+    ``sites`` is a list of names (the inner position is a dict) or one name (the inner
+    position is that site's value). The state is a ``State`` of the full position; the
+    inner state is rebuilt each step (one extra log-density evaluation). Example::
 
         k = block(lambda ld: mala(ld, 0.1), logp, ["mu", "tau"])
+        k = block(lambda ld: mh(ld, lambda z: dist.Categorical(q)), logp, "z")
     """
-    sites = tuple(sites)
+    single = isinstance(sites, str)
+    sites = (sites,) if single else tuple(sites)
+
+    def pack(sub):
+        return sub[sites[0]] if single else sub
+
+    def unpack(value):
+        return {sites[0]: value} if single else value
 
     def init(position):
         return State(position, jnp.asarray(logdensity_fn(position)))
 
     def inner(position):
         rest = {k: v for k, v in position.items() if k not in sites}
-        kernel = make_kernel(lambda sub: logdensity_fn({**rest, **sub}))
-        return rest, kernel, kernel.init({k: position[k] for k in sites})
+        kernel = make_kernel(lambda sub: logdensity_fn({**rest, **unpack(sub)}))
+        return rest, kernel, kernel.init(pack({k: position[k] for k in sites}))
 
     def step(key, state):
         rest, kernel, s = inner(state.position)
         s, info = kernel.step(key, s)
-        return State({**rest, **s.position}, s.logdensity), info
+        return State({**rest, **unpack(s.position)}, s.logdensity), info
 
     def transition_probs(state):
         rest, kernel, s = inner(state.position)
@@ -148,6 +159,6 @@ def block(make_kernel: Callable[[Callable], Kernel], logdensity_fn: Callable, si
         states, probs = kernel.transition_probs(s)
         n = probs.shape[0]
         full = {**jax.tree.map(lambda x: jnp.broadcast_to(x, (n,) + jnp.shape(x)), rest)}
-        return State({**full, **states.position}, states.logdensity), probs
+        return State({**full, **unpack(states.position)}, states.logdensity), probs
 
     return Kernel(init, step, transition_probs)

@@ -1,5 +1,27 @@
 """Exact and statistical checkers, usable on your own estimators."""
 
+from .invariance import (
+    InvarianceReport,
+    StationarityReport,
+    check_binned_invariance,
+    check_invariance,
+    check_kernel_invariance,
+    check_stationarity,
+    target_probs,
+    transition_matrix,
+)
 from .unbiased import UnbiasedReport, check_unbiased, estimator_stats
 
-__all__ = ["UnbiasedReport", "check_unbiased", "estimator_stats"]
+__all__ = [
+    "UnbiasedReport",
+    "check_unbiased",
+    "estimator_stats",
+    "InvarianceReport",
+    "StationarityReport",
+    "transition_matrix",
+    "target_probs",
+    "check_invariance",
+    "check_kernel_invariance",
+    "check_stationarity",
+    "check_binned_invariance",
+]

@@ -1,0 +1,312 @@
+"""Invariance checks for MCMC kernels.
+
+Exact, on finite state spaces: the transition matrix P is built by enumeration (from a
+kernel's exact ``transition_probs``, or estimated from many vectorized steps with a
+multinomial standard error) and πP = π and detailed balance diag(π)P = (diag(π)P)ᵀ are
+checked. Statistical, on continuous spaces: chains started from exact draws of π must
+stay at π (moments and a binned transition table, paired tests in standard errors).
+Every check raises ``AssertionError`` with a readable report when it fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class InvarianceReport(NamedTuple):
+    """Result of :func:`check_invariance`: the worst stationarity and balance residuals
+    (absolute, and in standard errors when P was estimated)."""
+
+    stationarity_error: float
+    balance_error: float | None
+    stationarity_z: float | None
+    balance_z: float | None
+
+
+def target_probs(logdensity_fn: Callable, states: Any) -> np.ndarray:
+    """π over an enumerated state space: softmax of ``logdensity_fn`` at each state.
+
+    Example: ``target_probs(lambda z: jnp.log(w)[z], jnp.arange(len(w)))``.
+    """
+    logp = np.asarray(jax.vmap(logdensity_fn)(states), np.float64)
+    p = np.exp(logp - logp.max())
+    return p / p.sum()
+
+
+def _match(outcomes, states) -> jax.Array:
+    """(num_outcomes, num_states) 0/1 matrix: outcome o equals state s in every leaf."""
+
+    def eq(a, b):
+        a = a.reshape(a.shape[0], 1, -1)
+        b = b.reshape(1, b.shape[0], -1)
+        return jnp.all(a == b, axis=-1)
+
+    leaves = jax.tree.map(eq, outcomes, states)
+    return jnp.all(jnp.stack(jax.tree.leaves(leaves)), axis=0)
+
+
+def transition_matrix(
+    kernel,
+    states: Any,
+    key: jax.Array | None = None,
+    num_samples: int | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The transition matrix P[i, j] = P(x' = states[j] | x = states[i]) of a kernel.
+
+    ``states`` is an array (or pytree) with the enumerated states along axis 0. Without
+    ``key``, P is exact from ``kernel.transition_probs`` and the standard error is
+    ``None``; with ``key`` and ``num_samples``, each row is estimated from that many
+    vectorized steps, with the multinomial standard error sqrt((P(1−P) + 1/n)/n).
+    Raises ``AssertionError`` if the kernel leaves the enumerated state space.
+
+    Example::
+
+        P, _ = transition_matrix(enum_gibbs(logp, jnp.arange(3)), jnp.arange(3))
+    """
+    n = jax.tree.leaves(states)[0].shape[0]
+    if key is None:
+        if kernel.transition_probs is None:
+            raise ValueError("this kernel has no exact transition_probs; pass key and num_samples")
+
+        def row(state):
+            outcomes, probs = kernel.transition_probs(kernel.init(state))
+            m = _match(outcomes.position, states)
+            return probs @ m.astype(probs.dtype), jnp.all(jnp.sum(m, 1) == 1)
+
+        P, inside = jax.jit(jax.vmap(row))(states)
+        if not np.all(inside):
+            raise AssertionError("the kernel moved outside the enumerated states")
+        return np.asarray(P, np.float64), None
+    if num_samples is None:
+        raise ValueError("an estimated transition matrix needs num_samples")
+
+    def row_mc(state, k):
+        s0 = kernel.init(state)
+        ends = jax.vmap(lambda kk: kernel.step(kk, s0)[0].position)(
+            jax.random.split(k, num_samples)
+        )
+        m = _match(ends, states)
+        return jnp.sum(m, 0), jnp.all(jnp.sum(m, 1) == 1)
+
+    counts, inside = jax.jit(jax.vmap(row_mc))(states, jax.random.split(key, n))
+    if not np.all(inside):
+        raise AssertionError("the kernel moved outside the enumerated states")
+    P = np.asarray(counts, np.float64) / num_samples
+    return P, np.sqrt((P * (1 - P) + 1.0 / num_samples) / num_samples)
+
+
+def _worst(res, se, n_sigma, atol, label, fmt):
+    tol = atol + (0.0 if se is None else n_sigma * se)
+    bad = np.abs(res) > tol
+    z = None if se is None else np.abs(res) / np.maximum(se, 1e-300)
+    lines = []
+    for idx in np.argwhere(bad)[:8]:
+        idx = tuple(int(i) for i in idx)
+        extra = "" if se is None else f" = {z[idx]:.1f} SE"
+        lines.append(f"  {label}{fmt(idx)}: residual {res[idx]:+.3e}{extra}")
+    return lines, (None if z is None else float(np.max(z)))
+
+
+def check_invariance(
+    P: np.ndarray,
+    pi: np.ndarray,
+    stderr: np.ndarray | None = None,
+    reversible: bool = True,
+    n_sigma: float = 4.0,
+    atol: float = 1e-5,
+) -> InvarianceReport:
+    """Check πP = π (and, if ``reversible``, π_i P_ij = π_j P_ji) for a transition matrix.
+
+    With exact P the residuals must be below ``atol``; with an estimated P and its
+    ``stderr``, below ``atol + n_sigma`` standard errors. Raises ``AssertionError``
+    listing the worst states/pairs. Example::
+
+        P, se = transition_matrix(kernel, states)
+        check_invariance(P, target_probs(logp, states), se)
+    """
+    P, pi = np.asarray(P, np.float64), np.asarray(pi, np.float64)
+    se2 = None if stderr is None else np.asarray(stderr, np.float64) ** 2
+    rows = P.sum(1) - 1.0
+    problems = []
+    if np.any(np.abs(rows) > atol + (0 if se2 is None else n_sigma * np.sqrt(se2.sum(1)))):
+        problems.append(f"  rows do not sum to 1 (worst {np.max(np.abs(rows)):.3e})")
+    stat = pi @ P - pi
+    stat_se = None if se2 is None else np.sqrt((pi**2) @ se2)
+    lines, stat_z = _worst(stat, stat_se, n_sigma, atol, "(πP − π)", lambda i: f"[{i[0]}]")
+    if lines:
+        problems.append("πP ≠ π:")
+        problems.extend(lines)
+    bal_err = bal_z = None
+    if reversible:
+        flow = pi[:, None] * P
+        bal = flow - flow.T
+        bal_se = (
+            None if se2 is None else np.sqrt(pi[:, None] ** 2 * se2 + (pi[:, None] ** 2 * se2).T)
+        )
+        lines, bal_z = _worst(
+            bal, bal_se, n_sigma, atol, "π_i P_ij − π_j P_ji", lambda i: f" at {i}"
+        )
+        bal_err = float(np.max(np.abs(bal)))
+        if lines:
+            problems.append("detailed balance fails:")
+            problems.extend(lines)
+    report = InvarianceReport(float(np.max(np.abs(stat))), bal_err, stat_z, bal_z)
+    if problems:
+        how = "exact P" if se2 is None else f"estimated P, {n_sigma} SE"
+        raise AssertionError(f"kernel is not invariant ({how}):\n" + "\n".join(problems))
+    return report
+
+
+def check_kernel_invariance(
+    kernel,
+    logdensity_fn: Callable,
+    states: Any,
+    reversible: bool = True,
+    key: jax.Array | None = None,
+    num_samples: int | None = None,
+) -> InvarianceReport:
+    """:func:`transition_matrix` + :func:`check_invariance` against π ∝ exp(logdensity_fn).
+
+    Example::
+
+        check_kernel_invariance(independence(logp, dist.Categorical(q)), logp, jnp.arange(4))
+    """
+    P, se = transition_matrix(kernel, states, key, num_samples)
+    return check_invariance(P, target_probs(logdensity_fn, states), se, reversible)
+
+
+class StationarityReport(NamedTuple):
+    """Mean test statistics at the start (exact draws) and after the steps, and z-scores."""
+
+    start: np.ndarray
+    end: np.ndarray
+    z_paired: np.ndarray
+    z_exact: np.ndarray | None
+
+
+def _run(kernel, positions, key, num_steps):
+    def chain(x, k):
+        s = kernel.init(x)
+        s, _ = jax.lax.scan(lambda s, kk: kernel.step(kk, s), s, jax.random.split(k, num_steps))
+        return s.position
+
+    n = jax.tree.leaves(positions)[0].shape[0]
+    return jax.jit(jax.vmap(chain))(positions, jax.random.split(key, n))
+
+
+def _default_test_fn(x):
+    flat = jnp.concatenate([jnp.ravel(v) for v in jax.tree.leaves(x)])
+    return jnp.concatenate([flat, flat**2])
+
+
+def check_stationarity(
+    kernel,
+    sample_target: Callable[[jax.Array, int], Any],
+    key: jax.Array,
+    num_chains: int = 10_000,
+    num_steps: int = 5,
+    test_fn: Callable | None = None,
+    exact: np.ndarray | None = None,
+    n_sigma: float = 4.0,
+) -> StationarityReport:
+    """Geweke-style "stays at stationarity" test for continuous kernels: start
+    ``num_chains`` chains at exact draws x₀ ~ π (``sample_target(key, n)``, leading axis
+    n), run ``num_steps`` steps, and require mean f(x_T) − f(x₀) = 0 within ``n_sigma``
+    paired standard errors (and mean f(x_T) = ``exact`` E_π f when given). ``test_fn``
+    defaults to every coordinate and its square.
+
+    Example::
+
+        check_stationarity(mala(logp, 0.5), lambda k, n: jax.random.normal(k, (n, 2)), key)
+    """
+    test_fn = _default_test_fn if test_fn is None else test_fn
+    k_init, k_run = jax.random.split(key)
+    x0 = sample_target(k_init, num_chains)
+    xT = _run(kernel, x0, k_run, num_steps)
+    f0 = np.asarray(jax.vmap(test_fn)(x0), np.float64)
+    fT = np.asarray(jax.vmap(test_fn)(xT), np.float64)
+    d = fT - f0
+    se = d.std(0, ddof=1) / np.sqrt(num_chains)
+    z = d.mean(0) / np.maximum(se, 1e-300)
+    z_exact = None
+    problems = [
+        f"  f[{i}]: start {f0.mean(0)[i]:.4g} end {fT.mean(0)[i]:.4g} z {z[i]:+.1f}"
+        for i in np.flatnonzero(np.abs(z) > n_sigma)[:8]
+    ]
+    if exact is not None:
+        exact = np.asarray(exact, np.float64)
+        se_e = fT.std(0, ddof=1) / np.sqrt(num_chains)
+        z_exact = (fT.mean(0) - exact) / np.maximum(se_e, 1e-300)
+        problems += [
+            f"  f[{i}]: end {fT.mean(0)[i]:.4g} exact {exact[i]:.4g} z {z_exact[i]:+.1f}"
+            for i in np.flatnonzero(np.abs(z_exact) > n_sigma)[:8]
+        ]
+    report = StationarityReport(f0.mean(0), fT.mean(0), z, z_exact)
+    if problems:
+        raise AssertionError(
+            f"chains started at π drifted after {num_steps} steps ({num_chains} chains, "
+            f"{n_sigma} SE):\n" + "\n".join(problems)
+        )
+    return report
+
+
+def check_binned_invariance(
+    kernel,
+    sample_target: Callable[[jax.Array, int], Any],
+    key: jax.Array,
+    num_chains: int = 20_000,
+    num_bins: int = 6,
+    project: Callable | None = None,
+    reversible: bool = True,
+    num_steps: int = 1,
+    n_sigma: float = 4.0,
+) -> InvarianceReport:
+    """The finite-state check on a discretized continuous target: bin a scalar projection
+    of x (``project``, default the first coordinate) at quantiles of π, start at exact
+    draws x₀ ~ π, step, and test the bin-to-bin table C: equal row and column sums
+    (stationarity of the lumped chain) and, if ``reversible``, C = Cᵀ (detailed balance:
+    (x₀, x₁) is exchangeable), each entry within ``n_sigma`` standard errors.
+
+    Example::
+
+        check_binned_invariance(hmc(logp, 0.3, 5), lambda k, n: jax.random.normal(k, (n, 2)), key)
+    """
+    if project is None:
+        project = lambda x: jnp.concatenate([jnp.ravel(v) for v in jax.tree.leaves(x)])[0]
+    k_edges, k_init, k_run = jax.random.split(key, 3)
+    ref = np.asarray(jax.vmap(project)(sample_target(k_edges, num_chains)))
+    edges = np.quantile(ref, np.linspace(0, 1, num_bins + 1)[1:-1])
+    x0 = sample_target(k_init, num_chains)
+    x1 = _run(kernel, x0, k_run, num_steps)
+    b0 = np.searchsorted(edges, np.asarray(jax.vmap(project)(x0)))
+    b1 = np.searchsorted(edges, np.asarray(jax.vmap(project)(x1)))
+    C = np.zeros((num_bins, num_bins))
+    np.add.at(C, (b0, b1), 1.0)
+    N = float(num_chains)
+    # stationarity: per-chain d_j = 1[b1 = j] − 1[b0 = j]; E d_j = 0
+    m = (C.sum(0) - C.sum(1)) / N
+    e2 = (C.sum(0) + C.sum(1) - 2 * np.diag(C)) / N
+    se = np.sqrt(np.maximum(e2 - m**2, 0.0) / N)
+    problems, stat_z = _worst(m, se, n_sigma, 0.0, "bin mass change", lambda i: f"[{i[0]}]")
+    problems = (["πP ≠ π (bins):"] + problems) if problems else []
+    bal_err = bal_z = None
+    if reversible:
+        # per-chain D_ij = 1[b0=i, b1=j] − 1[b0=j, b1=i]; E D_ij = 0
+        mb = (C - C.T) / N
+        seb = np.sqrt(np.maximum((C + C.T) / N - mb**2, 0.0) / N)
+        lines, bal_z = _worst(mb, seb, n_sigma, 0.0, "C_ij − C_ji", lambda i: f" at {i}")
+        bal_err = float(np.max(np.abs(mb)))
+        if lines:
+            problems += ["detailed balance fails (bins):"] + lines
+    report = InvarianceReport(float(np.max(np.abs(m))), bal_err, stat_z, bal_z)
+    if problems:
+        raise AssertionError(
+            f"kernel is not invariant ({num_chains} chains from π, {num_bins} bins, "
+            f"{n_sigma} SE):\n" + "\n".join(problems)
+        )
+    return report
