@@ -33,7 +33,14 @@ from .core import (
     simulate,
     strategy,
 )
-from .infer import Objective, objective
+from .infer import (
+    CheckpointError,
+    Objective,
+    load_checkpoint,
+    objective,
+    resumable_run,
+    save_checkpoint,
+)
 
 __version__ = "0.1.0"
 
@@ -65,6 +72,10 @@ __all__ = [
     "running_baseline",
     "Objective",
     "objective",
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "resumable_run",
     "objectives",
     "validate",
 ]
