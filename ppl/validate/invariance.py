@@ -10,6 +10,7 @@ Every check raises ``AssertionError`` with a readable report when it fails.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -189,14 +190,22 @@ class StationarityReport(NamedTuple):
     z_exact: np.ndarray | None
 
 
-def _run(kernel, positions, key, num_steps):
+@functools.lru_cache(maxsize=64)
+def _runner(kernel, num_steps):
+    """A jitted, vmapped ``num_steps``-step chain for ``kernel`` (cached: checks that run
+    the same kernel twice compile once)."""
+
     def chain(x, k):
         s = kernel.init(x)
         s, _ = jax.lax.scan(lambda s, kk: kernel.step(kk, s), s, jax.random.split(k, num_steps))
         return s.position
 
+    return jax.jit(jax.vmap(chain))
+
+
+def _run(kernel, positions, key, num_steps):
     n = jax.tree.leaves(positions)[0].shape[0]
-    return jax.jit(jax.vmap(chain))(positions, jax.random.split(key, n))
+    return _runner(kernel, num_steps)(positions, jax.random.split(key, n))
 
 
 def _default_test_fn(x):
