@@ -5,7 +5,7 @@ sample site (pathwise, REINFORCE with baselines, enumeration, measure-valued
 derivatives), usable as NumPyro ``SVI`` losses.
 """
 
-from . import objectives, validate
+from . import mcmc, objectives, validate
 from .core import (
     MVD,
     Enum,
@@ -78,4 +78,5 @@ __all__ = [
     "resumable_run",
     "objectives",
     "validate",
+    "mcmc",
 ]

