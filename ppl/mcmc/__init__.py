@@ -11,6 +11,7 @@ from .enum_gibbs import enum_gibbs
 from .gibbs import EnumGibbs
 from .gradient import hmc, leapfrog, mala
 from .mh import independence, mh, random_walk
+from .model_mh import MH
 
 __all__ = [
     "Kernel",
@@ -37,4 +38,5 @@ __all__ = [
     "MALA",
     "HMC",
     "EnumGibbs",
+    "MH",
 ]

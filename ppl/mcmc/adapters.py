@@ -82,6 +82,7 @@ class ModelKernel(MCMCKernel):
         self._init_strategy = init_strategy
         self._num_warmup = 0
         self._sample_fn = None
+        self._model_trace = None
 
     def build(self, logdensity_fn: Callable, step_size) -> Kernel:
         """The pure kernel for ``logdensity_fn`` at ``step_size``."""
@@ -113,7 +114,7 @@ class ModelKernel(MCMCKernel):
 
     def _setup(self, key, init_params, model_args, model_kwargs):
         """Prepare the log density and ``postprocess_fn`` of the model; initial positions."""
-        info, self._potential_fn_gen, self._postprocess_fn, _ = initialize_model(
+        info, self._potential_fn_gen, self._postprocess_fn, self._model_trace = initialize_model(
             key,
             self._model,
             init_strategy=self._init_strategy,
@@ -122,6 +123,28 @@ class ModelKernel(MCMCKernel):
             model_kwargs=model_kwargs,
         )
         return info.z if init_params is None else init_params
+
+    def pure_kernel(
+        self,
+        rng_key: jax.Array,
+        model_args: tuple = (),
+        model_kwargs: dict | None = None,
+        step_size: float | None = None,
+    ) -> tuple[Kernel, Any]:
+        """The pure kernel this adapter runs, over the model's unconstrained latent dict, and
+        an initial position: for ``lax.scan`` loops and for use inside objectives.
+
+        Example::
+
+            kernel, z0 = ppl.mcmc.HMC(model, num_steps=5).pure_kernel(key, (data,))
+            state, info = kernel.step(key, kernel.init(z0))
+        """
+        model_kwargs = {} if model_kwargs is None else model_kwargs
+        z0 = None
+        if self._model is not None:
+            z0 = self._setup(rng_key, None, model_args, model_kwargs)
+        step_size = self._step_size if step_size is None else step_size
+        return self.build(self._logdensity_fn(model_args, model_kwargs), step_size), z0
 
     def adapt_statistic(self, info) -> jax.Array:
         """The acceptance probability that step-size adaptation steers to its target."""
