@@ -12,6 +12,7 @@ from .gibbs import EnumGibbs
 from .gradient import hmc, leapfrog, mala
 from .mh import independence, mh, random_walk
 from .model_mh import MH
+from .smc import SMC, SMCResult, systematic_resample, tempered_smc
 
 __all__ = [
     "Kernel",
@@ -39,4 +40,8 @@ __all__ = [
     "HMC",
     "EnumGibbs",
     "MH",
+    "tempered_smc",
+    "systematic_resample",
+    "SMC",
+    "SMCResult",
 ]
