@@ -2,6 +2,7 @@
 
 from .constructs import Simulation, density, particles, simulate
 from .expectation import Expectation, expectation
+from .finite import NonFiniteError, check_finite
 from .marginal import Marginal, Normalize, marginal, normalize
 from .running import RunningBaseline, running_baseline
 from .strategies import (
@@ -46,4 +47,6 @@ __all__ = [
     "strategy",
     "RunningBaseline",
     "running_baseline",
+    "NonFiniteError",
+    "check_finite",
 ]

@@ -14,6 +14,7 @@ from numpyro.handlers import block, seed, substitute, trace
 from numpyro.primitives import Messenger
 
 from .distributions import log_prob
+from .finite import check_site
 from .runtime import RunState, SiteInfo, apply_strategies, current_run, record_terms
 
 
@@ -77,6 +78,8 @@ def simulate(guide: Callable, *args, **kwargs) -> Simulation:
                 lp_stl = lp_stl + jnp.sum(site_log_prob_fixed(site, "params"))
         elif site["type"] == "plate" and site["args"][1] not in (None, site["args"][0]):
             values[name] = site["value"]  # a subsampled plate: the model sees the same minibatch
+    for name, lp in arrays.items():
+        check_site(name, tr[name], lp, "ppl.simulate")
     record_terms(tr, arrays, -1.0)
     return Simulation(values, _total(arrays), tr, lp_stl)
 
@@ -123,6 +126,7 @@ def density(model: Callable, values: dict, *args, fix_params: bool = False, **kw
         if site["type"] == "sample":
             _check_shape(name, site)
             arrays[name] = site_log_prob_array(site)
+            check_site(name, site, arrays[name], "ppl.density")
     record_terms(tr, arrays, 1.0)
     return _total(arrays)
 
