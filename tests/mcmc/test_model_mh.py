@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+import pytest
 
 from ppl import mcmc
 from ppl.validate import check_stationarity
@@ -51,6 +52,7 @@ def exact_unconstrained(key, n):
     return {"mu": mu, "rate": jnp.log(rate)}
 
 
+@pytest.mark.slow
 def test_mh_subset_proposals_keep_the_posterior():
     """Each proposal moves one site (a block update); from exact draws the chains stay."""
     for proposal in (mu_proposal, rate_proposal):

@@ -65,13 +65,17 @@ EXACT = {
 }
 
 KERNELS = [
-    ("random_walk", lambda: mcmc.RandomWalk(conjugate, step_size=0.5)),
+    pytest.param(
+        "random_walk",
+        lambda: mcmc.RandomWalk(conjugate, step_size=0.5),
+        marks=pytest.mark.slow,  # random walk: also in the pure stationarity tests
+    ),
     ("mala", lambda: mcmc.MALA(conjugate, step_size=0.1)),
     ("hmc", lambda: mcmc.HMC(conjugate, step_size=0.1, num_steps=5)),
 ]
 
 
-@pytest.mark.parametrize("name, make", KERNELS, ids=[k[0] for k in KERNELS])
+@pytest.mark.parametrize("name, make", KERNELS, ids=["random_walk", "mala", "hmc"])
 def test_conjugate_posterior(name, make):
     kernel = make()
     m = run(kernel, Y_POIS, Y_NORM, num_warmup=300, num_samples=1500)

@@ -44,6 +44,7 @@ LOG_Z = exact_log_evidence()
 KERNEL = lambda ld: mcmc.repeat(mcmc.random_walk(ld, 0.4), 2)
 
 
+@pytest.mark.slow
 def test_fixed_schedule_evidence_unbiased():
     smc = mcmc.SMC(
         T.conjugate,

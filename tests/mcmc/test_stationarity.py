@@ -51,12 +51,19 @@ HMC = mcmc.hmc(logp, 0.4, 5)
 # (name, kernel, sampler, reversible)
 CASES = [
     ("random_walk", RW, sample, True),
-    ("independence", mcmc.independence(logp, dist.Normal(M, 2.0)), sample, True),
+    # (independence and repeat are also exactly checked on finite targets: slow tier here)
+    pytest.param(
+        "independence",
+        mcmc.independence(logp, dist.Normal(M, 2.0)),
+        sample,
+        True,
+        marks=pytest.mark.slow,
+    ),
     ("mala", MALA, sample, True),
     ("hmc", HMC, sample, True),
     ("cycle", mcmc.cycle(RW, MALA), sample, False),
     ("mixture", mcmc.mixture([MALA, HMC], [0.3, 0.7]), sample, True),
-    ("repeat", mcmc.repeat(MALA, 3), sample, True),
+    pytest.param("repeat", mcmc.repeat(MALA, 3), sample, True, marks=pytest.mark.slow),
     (
         "blocks",
         mcmc.cycle(
@@ -67,7 +74,7 @@ CASES = [
         False,
     ),
 ]
-IDS = [c[0] for c in CASES]
+IDS = [getattr(c, "values", c)[0] for c in CASES]
 
 
 @pytest.mark.parametrize("name, kernel, sampler, reversible", CASES, ids=IDS)
