@@ -30,10 +30,11 @@ def _latent_sites(model, key, model_args, model_kwargs):
 
 class EnumGibbs(ModelKernel):
     """Gibbs sampling for models with discrete latent sites: each element of each discrete
-    site (all of them, or ``sites``) is redrawn from p(z_i = v | rest) ∝ p(model) by
-    enumerating v over the support (vectorized); continuous sites, if any, are then
-    updated by ``inner`` (a :class:`ModelKernel` such as ``HMC(num_steps=5)``, default
-    ``MALA()``) in unconstrained space, its step size adapted during warm-up.
+    site (all of them, or only ``sites``, the others held fixed) is redrawn from
+    p(z_i = v | rest) ∝ p(model) by enumerating v over the support (vectorized);
+    continuous sites, if any, are then updated by ``inner`` (a :class:`ModelKernel` such
+    as ``HMC(num_steps=5)``, default ``MALA()``) in unconstrained space, its step size
+    adapted during warm-up.
 
     Example::
 
@@ -82,9 +83,9 @@ class EnumGibbs(ModelKernel):
         self._support = {
             n: jnp.ravel(latent[n]["fn"].enumerate_support(expand=False)) for n in discrete
         }
-        self._continuous = tuple(n for n in latent if n not in self._support)
+        # discrete sites outside ``sites`` are held fixed (e.g. updated by another kernel)
+        self._continuous = tuple(n for n in latent if not latent[n]["fn"].support.is_discrete)
         self._transforms = {n: biject_to(latent[n]["fn"].support) for n in self._continuous}
-        self._args = (model_args, model_kwargs)
         if not self._continuous:
             self._adapt_step_size = False
 
