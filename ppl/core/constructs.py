@@ -68,6 +68,8 @@ def simulate(guide: Callable, *args, **kwargs) -> Simulation:
     """
     if hasattr(guide, "simulate") and not hasattr(guide, "get_trace"):
         return guide.simulate(*args, **kwargs)
+    if not callable(guide):
+        raise TypeError(f"ppl.simulate needs a program (callable), got {type(guide).__name__}")
     tr = trace(guide).get_trace(*args, **kwargs)
     values, arrays, lp_stl = {}, {}, jnp.zeros(())
     for name, site in tr.items():
@@ -111,11 +113,19 @@ def density(model: Callable, values: dict, *args, fix_params: bool = False, **kw
     """Log joint density ``log p(values, observations)`` of ``model`` (scaled by plates).
 
     Every latent site of ``model`` must have a value in ``values`` (extra entries are
-    ignored). The model's sites are not random choices of the enclosing expectation.
+    ignored); ``values`` may be a :func:`ppl.simulate` result, whose sites are then also
+    checked against the model's (discrete vs continuous). The model's sites are not
+    random choices of the enclosing expectation.
     ``fix_params=True`` holds the model's ``numpyro.param`` values fixed (stop-gradient).
     """
+    guide_trace = None
+    if isinstance(values, Simulation):
+        guide_trace, values = values.trace, values.values
     if not isinstance(values, dict):
-        raise TypeError(f"ppl.density: values must be a dict of site values, got {type(values)}")
+        raise TypeError(
+            f"ppl.density: values must be a dict of site values or a ppl.simulate result, "
+            f"got {type(values)}"
+        )
     fn = _require_values(substitute(model, data=values), values, "ppl.density")
     if fix_params:
         fn = _fix_params(fn)
@@ -125,22 +135,40 @@ def density(model: Callable, values: dict, *args, fix_params: bool = False, **kw
     for name, site in tr.items():
         if site["type"] == "sample":
             _check_shape(name, site)
+            if guide_trace is not None and not site["is_observed"] and name in guide_trace:
+                _check_support(name, site, guide_trace[name])
             arrays[name] = site_log_prob_array(site)
             check_site(name, site, arrays[name], "ppl.density")
     record_terms(tr, arrays, 1.0)
     return _total(arrays)
 
 
+def _check_support(name, site, guide_site):
+    """A discrete model site needs discrete guide values, a continuous one continuous."""
+    model_fn, guide_fn = site["fn"], guide_site.get("fn")
+    if guide_site.get("type") != "sample" or guide_fn is None:
+        return
+    kind = {True: "discrete", False: "continuous"}
+    m, g = model_fn.support.is_discrete, guide_fn.support.is_discrete
+    if m != g:
+        raise ValueError(
+            f"site '{name}': the guide samples it from {type(guide_fn).__name__} "
+            f"({kind[g]}) but the model's {type(model_fn).__name__} is {kind[m]}"
+        )
+
+
 def _check_shape(name, site):
     value_shape = jnp.shape(site["value"])
     fn_shape = tuple(site["fn"].shape())
     try:
-        jax.lax.broadcast_shapes(value_shape, fn_shape)
+        fits = jax.lax.broadcast_shapes(value_shape, fn_shape) == fn_shape
     except ValueError:
+        fits = False
+    if not fits:  # a value may broadcast to the site's shape, never grow it
         raise ValueError(
             f"site '{name}': value of shape {value_shape} does not fit the model's "
-            f"distribution of shape {fn_shape}"
-        ) from None
+            f"distribution of shape {fn_shape} (check the plates of model and guide)"
+        )
 
 
 def particles(fn: Callable, num_particles: int) -> Callable:
@@ -151,6 +179,8 @@ def particles(fn: Callable, num_particles: int) -> Callable:
     ``fn`` uses as baseline the program's value with this particle's output replaced by
     the mean of the other particles' outputs (VIMCO-style for log weights).
     """
+    if not callable(fn):
+        raise TypeError(f"ppl.particles needs a callable, got {type(fn).__name__}")
     if not isinstance(num_particles, int) or num_particles < 1:
         raise ValueError(
             f"ppl.particles: num_particles must be a positive int, got {num_particles!r}"

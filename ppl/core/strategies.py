@@ -8,6 +8,8 @@ A strategy is chosen per sample site with NumPyro's own idiom,
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpyro.distributions as dist
 from numpyro.primitives import Messenger
 
@@ -201,8 +203,10 @@ class strategy(Messenger):
     """
 
     def __init__(self, fn=None, strategies=None):
-        if strategies is None:
-            raise TypeError("ppl.strategy needs a mapping {site name: strategy}")
+        if not isinstance(strategies, Mapping):
+            raise TypeError(
+                f"ppl.strategy needs a mapping {{site name: strategy}}, got {strategies!r}"
+            )
         for name, spec in strategies.items():
             if not (isinstance(spec, Strategy) or spec in STRATEGIES):
                 raise StrategyError(

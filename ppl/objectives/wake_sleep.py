@@ -67,7 +67,7 @@ def _dreg_rws(model, guide, num_particles, args, kwargs):
         q = simulate(guide, *args, **kwargs)
         require_reparameterized(q, "rws(dreg=True)")
         fixed = jax.tree.map(lax.stop_gradient, q.values)
-        log_p_path = density(model, q.values, *args, **kwargs)
+        log_p_path = density(model, q, *args, **kwargs)
         return log_p_path, density(model, fixed, *args, **kwargs), q.log_prob_stl
 
     log_p_path, log_p, log_q_stl = particles(one, num_particles)()
@@ -94,7 +94,7 @@ def tail_adaptive(num_particles: int = 5, beta: float = -1.0) -> Objective:
         def one():
             q = simulate(guide, *args, **kwargs)
             require_reparameterized(q, "tail_adaptive")
-            return density(model, q.values, *args, **kwargs) - q.log_prob_stl
+            return density(model, q, *args, **kwargs) - q.log_prob_stl
 
         log_w = particles(one, num_particles)()
         fixed = lax.stop_gradient(log_w)

@@ -14,7 +14,7 @@ from ..core.strategies import Reinforce, StrategyError
 def log_weight(model, guide, *args, **kwargs):
     """One sample z ~ q and its log weight log p(x, z) - log q(z)."""
     q = simulate(guide, *args, **kwargs)
-    return density(model, q.values, *args, **kwargs) - q.log_prob
+    return density(model, q, *args, **kwargs) - q.log_prob
 
 
 def log_weights(model, guide, num_particles, *args, **kwargs):

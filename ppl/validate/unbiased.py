@@ -62,6 +62,8 @@ def check_unbiased(
     A coordinate whose estimator has zero variance must match to ``atol`` (plus float32
     rounding). Returns the :class:`UnbiasedReport`.
     """
+    if not isinstance(num_samples, int) or num_samples < 2:
+        raise ValueError(f"check_unbiased: num_samples must be an int >= 2, got {num_samples!r}")
     mean, stderr, _ = estimator_stats(estimator, key, num_samples)
     exact = np.asarray(_flat(exact), np.float64)
     if exact.shape != mean.shape:
