@@ -8,6 +8,7 @@ the step size is tuned during warm-up by NumPyro's dual averaging, and a batch o
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -145,6 +146,30 @@ class ModelKernel(MCMCKernel):
             z0 = self._setup(rng_key, None, model_args, model_kwargs)
         step_size = self._step_size if step_size is None else step_size
         return self.build(self._logdensity_fn(model_args, model_kwargs), step_size), z0
+
+    def refresh(self, state: KernelState, model_args, model_kwargs) -> KernelState:
+        """Recompute the cached log density (and gradient) at the current position for new
+        model arguments (NumPyro's composable ``Gibbs`` calls this when the values it
+        conditions on change)."""
+        logdensity_fn = self._logdensity_fn(model_args, model_kwargs)
+
+        def one(state):
+            kernel = self.build(logdensity_fn, state.adapt.step_size)
+            return state._replace(inner=kernel.init(state.inner.position))
+
+        return jax.vmap(one)(state) if jnp.ndim(state.i) else one(state)
+
+    def wrap_model(self, wrapper: Callable) -> ModelKernel:
+        """A copy bound to ``wrapper(model)`` (for NumPyro's composable ``Gibbs``)."""
+        if self._model is None:
+            raise ValueError("`wrap_model` needs a kernel built from a model.")
+        kernel = copy.copy(self)
+        kernel._model = wrapper(self._model)
+        kernel._potential_fn_gen = None
+        kernel._postprocess_fn = None
+        kernel._sample_fn = None
+        kernel._model_trace = None
+        return kernel
 
     def adapt_statistic(self, info) -> jax.Array:
         """The acceptance probability that step-size adaptation steers to its target."""

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from numpyro import handlers
 from numpyro.distributions import biject_to
+from numpyro.infer.gibbs import GIBBS_SITES_KWARG
 from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.util import log_density
 
@@ -42,7 +43,9 @@ class MH(ModelKernel):
         self._proposal_args = ((), {})
 
     def _logdensity_fn(self, model_args, model_kwargs):
-        self._proposal_args = (model_args, model_kwargs or {})
+        # the proposal program takes the model's arguments, without Gibbs conditioning values
+        kwargs = {k: v for k, v in (model_kwargs or {}).items() if k != GIBBS_SITES_KWARG}
+        self._proposal_args = (model_args, kwargs)
         return super()._logdensity_fn(model_args, model_kwargs)
 
     def _transforms(self, sites):

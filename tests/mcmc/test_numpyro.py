@@ -185,3 +185,29 @@ def test_eight_schools_hmc_matches_posteriordb():
         report.append((key, round(z_mean, 2), round(z_sd, 2)))
     bad = [row for row in report if abs(row[1]) >= N_SIGMA or abs(row[2]) >= N_SIGMA]
     assert not bad, report
+
+
+@pytest.mark.slow
+def test_blocks_of_numpyro_gibbs():
+    """ppl kernels as blocks of NumPyro 0.22's composable ``Gibbs`` (``refresh`` and
+    ``wrap_model``): EnumGibbs on z, HMC on mu; exact answer by enumeration."""
+    from numpyro.infer import Gibbs
+
+    kernel = Gibbs([(mcmc.EnumGibbs(mixed), ["z"]), (mcmc.HMC(mixed, num_steps=3), ["mu"])])
+    m = MCMC(
+        kernel,
+        num_warmup=300,
+        num_samples=2000,
+        num_chains=2,
+        chain_method="sequential",
+        progress_bar=False,
+    )
+    m.run(jax.random.key(0), Y_MIX)
+    samples = m.get_samples(group_by_chain=True)
+    z_prob, mu_mean, mu_sd = mixed_exact(Y_MIX)
+    z_mean, z_sd = z_scores(samples["mu"], mu_mean, mu_sd)
+    assert abs(z_mean) < N_SIGMA and abs(z_sd) < N_SIGMA, (z_mean, z_sd)
+    for i in range(len(Y_MIX)):
+        draws = np.asarray(samples["z"][..., i], np.float64)
+        z = (draws.mean() - z_prob[i]) / float(az.mcse(draws))
+        assert abs(z) < N_SIGMA, (i, draws.mean(), z_prob[i], z)
