@@ -317,9 +317,9 @@ def _fast_values(site, terms, fast, offset):
 
 def _rao_blackwell_term(site, terms, rb_lp, main_terms, weight):
     """sum_c w_c sum_i (box(log q_i) - 1) sg(downstream cost_i): the score of each element
-    multiplies only the terms that depend on the site; a term in all of the site's plates
-    counts at the matching element only (plate elements are conditionally independent),
-    any other dependent term counts whole at every element.
+    multiplies only the terms that depend on the site, each read at the element's index in
+    the plates they share with the site (plate elements are conditionally independent)
+    and summed over their other dims, as TraceGraph_ELBO does.
     """
     lp = rb_lp[site.order]  # (C, *value shape)
     n_comb = lp.shape[0]
@@ -327,8 +327,9 @@ def _rao_blackwell_term(site, terms, rb_lp, main_terms, weight):
     for t, info in enumerate(terms):
         if site.order in info.orders:
             term = main_terms[t][0]
-            if site.rb_aligned and set(site.plates) <= set(info.plates):
-                cost = cost + info.sign * _per_element(term, site, lead=1)
+            if site.rb_aligned:
+                shared = {dim for plate, dim in site.plates if (plate, dim) in info.plates}
+                cost = cost + info.sign * _per_element(term, site, lead=1, keep=shared)
             else:
                 cost = cost + info.sign * jnp.sum(term.reshape(n_comb, -1), axis=1, keepdims=True)
     lp = lp.reshape(n_comb, -1)
@@ -369,10 +370,12 @@ def _drop_own_score(sites, terms, fixed_terms, weight, kinds):
     return total
 
 
-def _per_element(lp, site, lead=2):
-    """Sum a (*lead, *shape) term over dims that are not the site's plates -> (*lead, N)."""
+def _per_element(lp, site, lead=2, keep=None):
+    """Sum a (*lead, *shape) term over dims not in ``keep`` (default: the site's plate dims,
+    all of which the term lies in) and broadcast it to the site's elements -> (*lead, N)."""
     lead, shape = lp.shape[:lead], lp.shape[lead:]
-    keep = {dim for _, dim in site.plates}  # the term lies in these plates (in_plates)
+    if keep is None:
+        keep = {dim for _, dim in site.plates}
     axes = tuple(len(lead) + i for i in range(len(shape)) if (i - len(shape)) not in keep)
     lp = jnp.sum(lp, axis=axes, keepdims=True)
     batch = site.batch_shape

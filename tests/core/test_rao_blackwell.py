@@ -272,3 +272,69 @@ def test_two_layer_belief_net_variance_matches_tracegraph():
     var = {"rb": rb.var(0).sum(), "plain": plain.var(0).sum(), "tg": tg.var(0).sum()}
     assert var["rb"] < 1.2 * var["tg"], var
     assert var["plain"] > 1.5 * var["rb"], var
+
+
+def test_nested_plates_share_only_the_data_plate():
+    """Sites in (data, h1) and (data, h2), observations in (data, pixels); the unit plates
+    share dim -1. A z1 score multiplies the z2 and x terms of its own datum only: unbiased
+    against exact enumeration, and as low in variance as TraceGraph_ELBO (measured 1.00x;
+    reading other-plate terms whole gave ~N x more)."""
+    n, h1, h2, d = 3, 2, 2, 3
+    rng = np.random.default_rng(1)
+    w1, w2 = jnp.asarray(rng.normal(size=(h1, h2))), jnp.asarray(2 * rng.normal(size=(h2, d)))
+    x = jnp.asarray(rng.uniform(size=(n, d)) < 0.5, jnp.float32)
+
+    def sbn(x):
+        with numpyro.plate("data", n, dim=-2):
+            with numpyro.plate("h1", h1, dim=-1):
+                z1 = numpyro.sample("z1", dist.Bernoulli(logits=jnp.zeros((n, h1))))
+            with numpyro.plate("h2", h2, dim=-1):
+                z2 = numpyro.sample("z2", dist.Bernoulli(logits=z1 @ w1))
+            with numpyro.plate("pixels", d, dim=-1):
+                numpyro.sample("x", dist.Bernoulli(logits=z2 @ w2), obs=x)
+
+    def sbn_guide(x, l1, l2):
+        with numpyro.plate("data", n, dim=-2):
+            with numpyro.plate("h1", h1, dim=-1):
+                numpyro.sample("z1", dist.Bernoulli(logits=l1), infer={"grad": "reinforce"})
+            with numpyro.plate("h2", h2, dim=-1):
+                numpyro.sample("z2", dist.Bernoulli(logits=l2), infer={"grad": "reinforce"})
+
+    def bern(logits, v):  # plain formula: NumPyro's gradient is wrong at logits 0
+        return jnp.sum(v * logits - jnp.log1p(jnp.exp(logits)))
+
+    def exact(l1, l2):
+        total = 0.0
+        for i in range(n):  # the ELBO factorizes over data
+            for bits in itertools.product([0.0, 1.0], repeat=h1 + h2):
+                z1, z2 = jnp.array(bits[:h1]), jnp.array(bits[h1:])
+                logq = bern(l1[i], z1) + bern(l2[i], z2)
+                logp = bern(jnp.zeros(h1), z1) + bern(z1 @ w1, z2) + bern(z2 @ w2, x[i])
+                total = total + jnp.exp(logq) * (logp - logq)
+        return total
+
+    l1 = jnp.asarray(rng.normal(size=(n, h1)), jnp.float32)
+    l2 = jnp.asarray(rng.normal(size=(n, h2)), jnp.float32)
+    l1 = l1.at[0, 0].set(0.0)  # logits at exactly 0 included
+
+    def program(l1, l2):
+        q = ppl.simulate(sbn_guide, x, l1, l2)
+        return ppl.density(sbn, q.values, x) - q.log_prob
+
+    E = ppl.expectation(program, additive=True)
+    reference = jax.grad(exact, argnums=(0, 1))(l1, l2)
+    check_unbiased(lambda k: E.grad(k, l1, l2, argnums=(0, 1)), reference, KEY, 3000)
+
+    def tg_guide(x):
+        sbn_guide(x, numpyro.param("l1", l1), numpyro.param("l2", l2))
+
+    def tg(k):
+        g = jax.grad(lambda p: TraceGraph_ELBO().loss(k, p, sbn, tg_guide, x))({"l1": l1, "l2": l2})
+        return -jnp.concatenate([g["l1"].ravel(), g["l2"].ravel()])
+
+    ours = estimator_stats(
+        lambda k: jnp.concatenate([g.ravel() for g in E.grad(k, l1, l2, argnums=(0, 1))]), KEY, 3000
+    )[2]
+    theirs = estimator_stats(tg, KEY, 3000)[2]
+    ratio = ours.var(0).sum() / theirs.var(0).sum()
+    assert ratio < 1.2, ratio
