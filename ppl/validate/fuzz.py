@@ -634,7 +634,15 @@ def programs(objectives=("expectation", "elbo", "iwae"), max_sites: int = 4, ins
                 candidates = [j for j in range(i) if sites[j].dist in DISCRETE]
                 parents = ()
                 if candidates:
-                    ps = draw(st.lists(st.sampled_from(candidates), max_size=2, unique=True))
+                    num_parents = min(draw(st.integers(0, 3)), len(candidates), 2)
+                    ps = draw(
+                        st.lists(
+                            st.sampled_from(candidates),
+                            min_size=num_parents,
+                            max_size=num_parents,
+                            unique=True,
+                        )
+                    )
                     parents = tuple((p, draw(st.sampled_from(("id", "sig")))) for p in ps)
                 kk = k if dist_ == "categorical" else 1
                 t0 = theta(kk if dist_ != "normal" else 2)
