@@ -1,9 +1,18 @@
 """Exact and statistical checkers, usable on your own estimators."""
 
+from .fuzz import (
+    ProgramSpec,
+    bonferroni_sigma,
+    check_programs,
+    describe,
+    exact_value_and_grad,
+    programs,
+)
 from .invariance import (
     InvarianceReport,
     StationarityReport,
     check_binned_invariance,
+    check_geweke,
     check_invariance,
     check_kernel_invariance,
     check_stationarity,
@@ -13,6 +22,12 @@ from .invariance import (
 from .unbiased import UnbiasedReport, check_unbiased, estimator_stats
 
 __all__ = [
+    "ProgramSpec",
+    "programs",
+    "check_programs",
+    "describe",
+    "exact_value_and_grad",
+    "bonferroni_sigma",
     "UnbiasedReport",
     "check_unbiased",
     "estimator_stats",
@@ -24,4 +39,5 @@ __all__ = [
     "check_kernel_invariance",
     "check_stationarity",
     "check_binned_invariance",
+    "check_geweke",
 ]

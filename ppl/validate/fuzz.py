@@ -267,23 +267,37 @@ def _num_psi(spec: ProgramSpec) -> int:
     return max(idx) - spec.num_phi
 
 
-def describe(spec: ProgramSpec) -> str:
-    """Runnable source of ``spec`` with its parameter values and the check to perform."""
-    src = spec.to_source(literal=True)
+HEADER = (
+    "import jax\nimport jax.numpy as jnp\nimport numpyro\nimport numpyro.distributions as dist\n\n"
+    "import ppl\n\n\n"
+)
+
+
+def describe(spec: ProgramSpec, num_samples: int = 2000) -> str:
+    """Runnable source of ``spec``: imports, the program, its parameter values and the
+    Monte Carlo estimate of value and gradient to compare with the exact ones."""
+    src = HEADER + spec.to_source(literal=True)
     theta = ", ".join(_fmt(x) for x in spec.theta)
+    keys = f"keys = jax.random.split(jax.random.PRNGKey(0), {num_samples})\n"
     if spec.objective == "expectation":
         call = (
-            f"theta = jnp.array([{theta}])\n"
-            "# exact E[f(theta)] and its gradient vs E.value_and_grad(key, theta) averaged"
+            f"theta = jnp.array([{theta}])\n" + keys + "value, grad = jax.jit(jax.vmap(lambda k: "
+            "E.value_and_grad(k, theta)))(keys)\n"
         )
     else:
         phi = ", ".join(_fmt(x) for x in spec.theta[: spec.num_phi])
         psi = ", ".join(_fmt(x) for x in spec.theta[spec.num_phi :])
         call = (
-            f'params = {{"phi": jnp.array([{phi}]), "psi": jnp.array([{psi}])}}\n'
-            "# exact objective and gradient vs -objective.loss(key, params, model, guide)"
+            f"theta = jnp.array([{theta}])  # phi = theta[:{spec.num_phi}], psi = the rest\n"
+            + keys
+            + "value, grad = jax.jit(jax.vmap(lambda k: jax.value_and_grad(\n"
+            f'    lambda t: -objective.loss(k, {{"phi": t[:{spec.num_phi}], '
+            f'"psi": t[{spec.num_phi}:]}}, model, guide)\n'
+            ")(theta)))(keys)\n"
         )
-    return src + call + "\n"
+        del phi, psi
+    call += "print(value.mean(), grad.mean(0))  # compare: the exact value and gradient\n"
+    return src + call
 
 
 # --------------------------------------------------------------------------------------

@@ -30,10 +30,12 @@ import math
 import os
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, note, seed, settings
 
-from ppl.validate.fuzz import bonferroni_sigma, check_programs, describe, programs
+from ppl.validate.fuzz import bonferroni_sigma, check_programs, describe, estimator, programs
 
 KEY = jax.random.PRNGKey(0)
 NUM_SAMPLES = 2000
@@ -82,3 +84,18 @@ def test_fuzz_programs_long():
         _check(specs, n_sigma)
 
     run()
+
+
+@settings(max_examples=2, derandomize=True, **SETTINGS)
+@given(programs(instances=1, max_sites=3))
+def test_printed_source_is_the_tested_program(specs):
+    """The reproducer a failure prints runs as is and computes what the fuzzer tested."""
+    spec = specs[0]
+    ns = {}
+    exec(describe(spec, num_samples=2), ns)
+    run = estimator(spec, 2, 1)
+    thetas = jnp.asarray([spec.theta], jnp.float32)
+    cs = jnp.asarray([spec.coef or (0.0,)], jnp.float32)
+    value, grad = run(jax.random.split(jax.random.PRNGKey(0), 2), thetas, cs)
+    np.testing.assert_allclose(ns["value"], value[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ns["grad"], grad[0], rtol=1e-4, atol=1e-5)
