@@ -1,5 +1,6 @@
 """The objective library: each objective a short program in ppl's DSL."""
 
+from .annealed import annealed, annealing_params
 from .elbo import elbo
 from .forward_kl import forward_kl
 from .hierarchical import diwhvi, hvi, iwhvi
@@ -19,6 +20,8 @@ __all__ = [
     "iwhvi",
     "diwhvi",
     "forward_kl",
+    "annealed",
+    "annealing_params",
     "log_weight",
     "log_weights",
     "log_mean_exp",
