@@ -132,6 +132,11 @@ def test_enum_gibbs_mixed_model():
         draws = np.asarray(samples["z"][..., i], np.float64)
         z = (draws.mean() - z_prob[i]) / float(az.mcse(draws))
         assert abs(z) < N_SIGMA, (i, draws.mean(), z_prob[i], z)
+    # ArviZ export, with the log-likelihood group at the sampled discrete values
+    idata = az.from_numpyro(m)
+    assert idata.posterior["z"].shape == (2, 2000, 3)
+    expected = dist.Normal(samples["mu"][..., None] + 2.0 * samples["z"], 1.0).log_prob(Y_MIX)
+    np.testing.assert_allclose(idata.log_likelihood["y"].values, expected, rtol=1e-5, atol=1e-5)
 
 
 def discrete(weights):
