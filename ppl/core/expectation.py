@@ -188,7 +188,8 @@ class Expectation:
             value = self._run(st, key, args, kwargs)
             terms = [(t.lp, t.lp_fixed_value) for t in st.terms] if self.additive else []
             running.update(st.running)
-            rb = (st.reinforce_lp, terms, st.learned, {o: b.state for o, b in st.running.items()})
+            running_states = {o: b.state for o, b in st.running.items()}
+            rb = (st.reinforce_lp, terms, st.learned, running_states, st.state_updates)
             return value, st.score, st.extra, st.enum_lw, st.local, st.loo, rb
 
         if n_comb == 1:
@@ -196,10 +197,11 @@ class Expectation:
         else:
             outs = jax.vmap(main)(combos)
         value, score, extra, enum_lw, local, loo, rb = outs
-        rb_lp, main_terms, learned, running_states = rb
+        rb_lp, main_terms, learned, running_states, state_updates = rb
         weight = jnp.exp(enum_lw)
         estimate = jnp.sum(weight * (value * box(score) + extra))
-        updates = {}
+        # program-set mutable state: from the first enumeration combination
+        updates = jax.tree.map(lambda x: x[0], state_updates)
         for s in sites:
             if s.kind != "reinforce":
                 continue

@@ -110,6 +110,7 @@ class RunState:
         self.reinforce_lp: dict[int, Any] = {}  # order -> per-element log prob (RB sites)
         self.learned: dict[int, Any] = {}  # order -> learned baseline value (differentiable)
         self.running: dict[int, RunningBaseline] = {}  # order -> running baseline read
+        self.state_updates: dict[str, Any] = {}  # mutable-site name -> next value
 
     def next_order(self) -> int:
         order = self.counter[0]
@@ -126,6 +127,17 @@ class RunState:
 
 def current_run() -> RunState | None:
     return _STACK[-1] if _STACK else None
+
+
+def update_state(name: str, value) -> None:
+    """Inside an expectation: set the next value of the mutable site ``name``.
+
+    SVI carries it to the next step (``Objective.loss_with_mutable_state``); e.g. the
+    chain of Markovian score climbing. No gradient flows through it.
+    """
+    state = current_run()
+    if state is not None:
+        state.top.state_updates[name] = jax.tree.map(lax.stop_gradient, value)
 
 
 def record_terms(trace, arrays: dict, sign: float) -> None:

@@ -5,6 +5,7 @@ from .elbo import elbo
 from .forward_kl import forward_kl
 from .hierarchical import diwhvi, hvi, iwhvi
 from .importance import cubo, iwae, renyi, vimco
+from .score_climbing import msc, msc_chain
 from .wake_sleep import rws, tail_adaptive
 from .weights import log_mean_exp, log_weight, log_weights
 
@@ -22,6 +23,8 @@ __all__ = [
     "forward_kl",
     "annealed",
     "annealing_params",
+    "msc",
+    "msc_chain",
     "log_weight",
     "log_weights",
     "log_mean_exp",
