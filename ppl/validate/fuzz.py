@@ -116,6 +116,7 @@ class ProgramSpec:
     ``"elbo"`` / ``"iwae"`` (``sites`` is the guide, ``model_sites`` the model's priors
     over the same latents, ``observations`` and factor ``terms`` the rest of the model;
     ``theta[:num_phi]`` is the guide's param ``phi``, the rest the model's ``psi``).
+    ``slot_kinds`` names the range each constant in ``coef`` was drawn from.
     """
 
     objective: str
@@ -236,8 +237,7 @@ class _Renderer:
             head = [f"def f(theta{sig}):"]
             tail = ["", "", "E = ppl.expectation(f)"]
             return "\n".join(head + [ind + b for b in body] + tail) + "\n"
-        num_psi = len(spec.theta) - spec.num_phi if spec.theta else None
-        model = [f'psi = numpyro.param("psi", jnp.zeros({num_psi or _num_psi(spec)}))']
+        model = [f'psi = numpyro.param("psi", jnp.zeros({_num_psi(spec)}))']
         model += self.sample_lines(spec.model_sites, False)
         n = spec.plate_size
         for j, o in enumerate(spec.observations):
@@ -262,6 +262,7 @@ class _Renderer:
 
 
 def _num_psi(spec: ProgramSpec) -> int:
+    """Size of the model's parameter vector (its sites' and observations' slots)."""
     idx = [s.theta + (s.num_classes if s.dist == "categorical" else 1) for s in spec.model_sites]
     idx += [o.theta + 1 for o in spec.observations]
     return max(idx) - spec.num_phi
@@ -285,8 +286,6 @@ def describe(spec: ProgramSpec, num_samples: int = 2000) -> str:
             "E.value_and_grad(k, theta)))(keys)\n"
         )
     else:
-        phi = ", ".join(_fmt(x) for x in spec.theta[: spec.num_phi])
-        psi = ", ".join(_fmt(x) for x in spec.theta[spec.num_phi :])
         call = (
             f"theta = jnp.array([{theta}])  # phi = theta[:{spec.num_phi}], psi = the rest\n"
             + keys
@@ -295,7 +294,6 @@ def describe(spec: ProgramSpec, num_samples: int = 2000) -> str:
             f'"psi": t[{spec.num_phi}:]}}, model, guide)\n'
             ")(theta)))(keys)\n"
         )
-        del phi, psi
     call += "print(value.mean(), grad.mean(0))  # compare: the exact value and gradient\n"
     return src + call
 
