@@ -71,6 +71,7 @@ def _check(specs, n_sigma):
     check_programs(specs, KEY, NUM_SAMPLES, n_sigma=n_sigma)
 
 
+@pytest.mark.slow  # CI's time-budgeted statistical step (about 2.5 min on 2 cores)
 @settings(max_examples=CI_EXAMPLES, derandomize=True, **SETTINGS)
 @given(programs(instances=PROGRAMS_PER_EXAMPLE))
 def test_fuzz_programs(specs):
