@@ -85,20 +85,25 @@ def annealed(num_steps: int = 5, step_size: float = 0.05) -> Objective:
         def log_p(x):
             return density(model, {**q.values, **unravel(x)}, *args, **kwargs)
 
-        def grad_log_pi(x, beta):
-            return jax.grad(lambda y: (1 - beta) * log_q(y) + beta * log_p(y))(x)
+        def grads(x):  # (grad log q, grad log p): grad log pi_t mixes them with beta_t
+            return jax.grad(log_q)(x), jax.grad(log_p)(x)
+
+        def mix(g, beta):
+            return (1 - beta) * g[0] + beta * g[1]
 
         log_w = -q.log_prob
         if num_steps:
             eps, betas = annealing_params(num_steps, step_size)
+            g = grads(z)
         for t in range(num_steps):
             scale = jnp.sqrt(2 * eps[t])
-            forward_mean = z + eps[t] * grad_log_pi(z, betas[t])
+            forward_mean = z + eps[t] * mix(g, betas[t])
             noise = numpyro.sample(
                 f"_annealed_noise_{t}", dist.Normal(jnp.zeros_like(z), 1.0).to_event(1)
             )
             z_new = forward_mean + scale * noise
-            backward_mean = z_new + eps[t] * grad_log_pi(z_new, betas[t])
+            g = grads(z_new)  # serves this step's backward kernel and the next forward one
+            backward_mean = z_new + eps[t] * mix(g, betas[t])
             log_forward = jnp.sum(dist.Normal(forward_mean, scale).log_prob(z_new))
             log_backward = jnp.sum(dist.Normal(backward_mean, scale).log_prob(z))
             log_w = log_w + log_backward - log_forward
