@@ -57,46 +57,40 @@ def test_importance_weighted_bound_tightens():
     assert gaps[0] > gaps[1] > gaps[2]
 
 
+X_SIR = 1.3  # z ~ N(0, 1), x | z ~ N(z, 1): p(x) = N(x; 0, 2), posterior mean x / 2
+
+
+def sir_target():
+    z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+    numpyro.sample("x", dist.Normal(z, 1.0), obs=X_SIR)
+
+
+def sir_proposal():
+    numpyro.sample("z", dist.Normal(0.0, 1.5))
+
+
 def test_normalize_constant_unbiased():
     """E[Z^] = p(x) for SIR from a prior proposal; the draw is reweighted toward the
     posterior (mean x/2)."""
-    x = 1.3
-
-    def target():
-        z = numpyro.sample("z", dist.Normal(0.0, 1.0))
-        numpyro.sample("x", dist.Normal(z, 1.0), obs=x)
-
-    def proposal():
-        numpyro.sample("z", dist.Normal(0.0, 1.5))
-
-    sir = ppl.normalize(target, proposal, 8)
-    exact_z = jnp.exp(dist.Normal(0.0, jnp.sqrt(2.0)).log_prob(x))
+    sir = ppl.normalize(sir_target, sir_proposal, 8)
+    exact_z = jnp.exp(dist.Normal(0.0, jnp.sqrt(2.0)).log_prob(X_SIR))
     check_unbiased(lambda k: jnp.exp(_seeded(lambda: sir.log_normalizer(), k)), exact_z, KEY, 4000)
     draws, _, _ = estimator_stats(
         lambda k: _seeded(lambda: sir.simulate().values["z"], k), KEY, 4000
     )
-    assert abs(draws[0] - x / 2) < 0.05  # SIR with 8 particles: small bias toward the prior
+    assert abs(draws[0] - X_SIR / 2) < 0.05  # SIR with 8 particles: small bias toward the prior
 
 
 def test_normalize_draws_converge_at_rate_one_over_k():
     """SIR is consistent, biased at finite K: the bias of E[z] shrinks at least as 1/K.
     Measured (40,000 draws): -0.230, -0.075, -0.029 for K = 2, 4, 8."""
-    x = 1.3
-
-    def target():
-        z = numpyro.sample("z", dist.Normal(0.0, 1.0))
-        numpyro.sample("x", dist.Normal(z, 1.0), obs=x)
-
-    def proposal():
-        numpyro.sample("z", dist.Normal(0.0, 1.5))
-
     bias, se = [], []
     for k in (2, 4, 8):
-        sir = ppl.normalize(target, proposal, k)
+        sir = ppl.normalize(sir_target, sir_proposal, k)
         mean, err, _ = estimator_stats(
             lambda key, sir=sir: _seeded(lambda: sir.simulate().values["z"], key), KEY, 20000
         )
-        bias.append(abs(mean[0] - x / 2))
+        bias.append(abs(mean[0] - X_SIR / 2))
         se.append(err[0])
     for i in range(2):
         assert bias[i] > bias[i + 1] + 4 * np.hypot(se[i], se[i + 1]), (bias, se)

@@ -8,6 +8,7 @@ import pytest
 
 from ppl import mcmc
 from ppl.validate import check_geweke
+from tests.mcmc.broken_kernels import ula
 
 X = jnp.linspace(-1.0, 1.0, 5)
 
@@ -27,18 +28,6 @@ def sample_joint(key, n):
     return theta, jax.vmap(sample_data)(jax.random.split(k2, n), theta)
 
 
-def _ula(logdensity_fn, step_size):
-    k = mcmc.mala(logdensity_fn, step_size)
-
-    def step(key, state):
-        x = state.position
-        y = x + step_size * state.logdensity_grad
-        y = y + jnp.sqrt(2 * step_size) * jax.random.normal(key, x.shape)
-        return k.init(y), mcmc.Info(jnp.asarray(1.0), jnp.asarray(True))
-
-    return mcmc.Kernel(k.init, step)
-
-
 def test_geweke_passes_for_mala():
     report = check_geweke(
         lambda ld: mcmc.repeat(mcmc.mala(ld, 0.2), 2),
@@ -54,7 +43,7 @@ def test_geweke_passes_for_mala():
     "name, make_kernel, lj",
     [
         ("wrong_likelihood", lambda ld: mcmc.mala(ld, 0.2), lambda t, y: logjoint(t, y, 0.7)),
-        ("ula", lambda ld: _ula(ld, 0.3), logjoint),
+        ("ula", lambda ld: ula(ld, 0.3), logjoint),
     ],
     ids=["wrong_likelihood", "ula"],
 )

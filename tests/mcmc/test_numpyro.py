@@ -122,9 +122,8 @@ def mixed_exact(y):
     return w @ zs, mu_mean, mu_sd
 
 
-def test_enum_gibbs_mixed_model():
-    m = run(mcmc.EnumGibbs(mixed, inner=mcmc.HMC(num_steps=3)), Y_MIX)
-    samples = m.get_samples(group_by_chain=True)
+def assert_mixed_posterior(samples):
+    """mu's mean and sd and every P(z_i = 1) within N_SIGMA Monte Carlo SEs of exact."""
     z_prob, mu_mean, mu_sd = mixed_exact(Y_MIX)
     z_mean, z_sd = z_scores(samples["mu"], mu_mean, mu_sd)
     assert abs(z_mean) < N_SIGMA and abs(z_sd) < N_SIGMA, (z_mean, z_sd)
@@ -132,6 +131,12 @@ def test_enum_gibbs_mixed_model():
         draws = np.asarray(samples["z"][..., i], np.float64)
         z = (draws.mean() - z_prob[i]) / float(az.mcse(draws))
         assert abs(z) < N_SIGMA, (i, draws.mean(), z_prob[i], z)
+
+
+def test_enum_gibbs_mixed_model():
+    m = run(mcmc.EnumGibbs(mixed, inner=mcmc.HMC(num_steps=3)), Y_MIX)
+    samples = m.get_samples(group_by_chain=True)
+    assert_mixed_posterior(samples)
     # ArviZ export, with the log-likelihood group at the sampled discrete values
     idata = az.from_numpyro(m)
     assert idata.posterior["z"].shape == (2, 2000, 3)
@@ -209,10 +214,4 @@ def test_blocks_of_numpyro_gibbs():
     )
     m.run(jax.random.key(0), Y_MIX)
     samples = m.get_samples(group_by_chain=True)
-    z_prob, mu_mean, mu_sd = mixed_exact(Y_MIX)
-    z_mean, z_sd = z_scores(samples["mu"], mu_mean, mu_sd)
-    assert abs(z_mean) < N_SIGMA and abs(z_sd) < N_SIGMA, (z_mean, z_sd)
-    for i in range(len(Y_MIX)):
-        draws = np.asarray(samples["z"][..., i], np.float64)
-        z = (draws.mean() - z_prob[i]) / float(az.mcse(draws))
-        assert abs(z) < N_SIGMA, (i, draws.mean(), z_prob[i], z)
+    assert_mixed_posterior(samples)

@@ -18,6 +18,7 @@ import pytest
 from ppl import mcmc
 from ppl.mcmc.base import GradState, Kernel, mh_accept
 from ppl.validate import check_binned_invariance, check_stationarity
+from tests.mcmc.broken_kernels import ula
 
 M = jnp.array([1.0, -2.0])
 S = jnp.array([[1.0, 0.6], [0.6, 2.0]])
@@ -111,19 +112,6 @@ def test_unadjusted_hmc_stationary_law():
         )
 
 
-def _ula(logdensity_fn, step_size):
-    """MALA with the MH correction dropped (the unadjusted Langevin algorithm)."""
-    k = mcmc.mala(logdensity_fn, step_size)
-
-    def step(key, state):
-        x = state.position
-        y = x + step_size * state.logdensity_grad
-        y = y + jnp.sqrt(2 * step_size) * jax.random.normal(key, x.shape)
-        return k.init(y), mcmc.Info(jnp.asarray(1.0), jnp.asarray(True))
-
-    return Kernel(k.init, step)
-
-
 def _hmc_no_kinetic(logdensity_fn, step_size, num_steps):
     """HMC whose acceptance ratio forgets the kinetic energy: min(1, π(x')/π(x))."""
     integrate = mcmc.leapfrog(logdensity_fn, step_size, num_steps)
@@ -141,7 +129,7 @@ def _hmc_no_kinetic(logdensity_fn, step_size, num_steps):
     return Kernel(init, step)
 
 
-BROKEN = [("ula", _ula(logp, 0.5)), ("hmc_no_kinetic", _hmc_no_kinetic(logp, 0.4, 5))]
+BROKEN = [("ula", ula(logp, 0.5)), ("hmc_no_kinetic", _hmc_no_kinetic(logp, 0.4, 5))]
 
 
 @pytest.mark.parametrize("name, kernel", BROKEN, ids=[b[0] for b in BROKEN])

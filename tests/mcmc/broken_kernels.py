@@ -1,0 +1,19 @@
+"""Deliberately broken kernels that the checkers must catch (shared by the MCMC tests)."""
+
+import jax
+import jax.numpy as jnp
+
+from ppl import mcmc
+
+
+def ula(logdensity_fn, step_size):
+    """MALA with the MH correction dropped (the unadjusted Langevin algorithm)."""
+    k = mcmc.mala(logdensity_fn, step_size)
+
+    def step(key, state):
+        x = state.position
+        y = x + step_size * state.logdensity_grad
+        y = y + jnp.sqrt(2 * step_size) * jax.random.normal(key, x.shape)
+        return k.init(y), mcmc.Info(jnp.asarray(1.0), jnp.asarray(True))
+
+    return mcmc.Kernel(k.init, step)
