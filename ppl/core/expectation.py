@@ -150,7 +150,6 @@ class Expectation:
             s.fast = in_plates(s)
         for s in rb:
             s.rao_blackwell = True
-            s.rb_aligned = s.plate_aligned
         return terms
 
     # -- the estimate ---------------------------------------------------------------
@@ -159,8 +158,9 @@ class Expectation:
         return self._estimate(key, args, kwargs)[0]
 
     def with_updates(self, key, *args, **kwargs):
-        """(estimate, updates): ``updates`` maps the mutable-site name of each
-        :func:`ppl.running_baseline` read by the program to its next state."""
+        """(estimate, updates): ``updates`` maps mutable-site names to their next values:
+        each :func:`ppl.running_baseline` the program reads, and what it set with
+        ``runtime.update_state`` (e.g. the chain of ``ppl.objectives.msc``)."""
         return self._estimate(key, args, kwargs)
 
     def _estimate(self, key, args, kwargs):
@@ -325,17 +325,17 @@ def _rao_blackwell_term(site, terms, rb_lp, main_terms, weight):
     """
     lp = rb_lp[site.order]  # (C, *value shape)
     n_comb = lp.shape[0]
-    cost = jnp.zeros((n_comb, site.num_elements if site.rb_aligned else 1))
+    cost = jnp.zeros((n_comb, site.num_elements if site.plate_aligned else 1))
     for t, info in enumerate(terms):
         if site.order in info.orders:
             term = main_terms[t][0]
-            if site.rb_aligned:
+            if site.plate_aligned:
                 shared = {dim for plate, dim in site.plates if (plate, dim) in info.plates}
                 cost = cost + info.sign * _per_element(term, site, lead=1, keep=shared)
             else:
                 cost = cost + info.sign * jnp.sum(term.reshape(n_comb, -1), axis=1, keepdims=True)
     lp = lp.reshape(n_comb, -1)
-    if not site.rb_aligned:
+    if not site.plate_aligned:
         lp = jnp.sum(lp, axis=1, keepdims=True)
     inner = jnp.sum((box(lp) - 1.0) * lax.stop_gradient(cost), axis=1)
     return jnp.sum(weight * inner), cost

@@ -68,8 +68,7 @@ class SiteInfo:
     value_dtype: object = None
     plate_aligned: bool = False  # every batch dim of size > 1 is a plate dim
     fast: bool = False  # additive program: per-element values from one replay per alternative
-    rao_blackwell: bool = False  # additive program: score times its downstream terms only
-    rb_aligned: bool = False  # ... element by element (terms in its plates per element)
+    rao_blackwell: bool = False  # additive: score x its downstream terms (per element if aligned)
 
 
 @dataclasses.dataclass
