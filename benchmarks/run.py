@@ -606,6 +606,14 @@ def _render_elbo(results: dict) -> list[str]:
     return out
 
 
+OTHER_RESULTS = (
+    "Other tables, each with its machine and versions: gradient variance x time per "
+    "estimator in `VARIANCE_RESULTS.md` (`python -m benchmarks.variance`), MCMC effective "
+    "samples per second in `MCMC_RESULTS.md` (`python -m benchmarks.mcmc`), the cone "
+    "model's objectives in `CONE_RESULTS.md` (`python -m benchmarks.cone`)."
+)
+
+
 def render_markdown(results: dict) -> str:
     info, cfg = results["machine"], results["config"]
     out = ["# ppl benchmarks", ""]
@@ -615,6 +623,7 @@ def render_markdown(results: dict) -> str:
     )
     if results.get("note"):
         out += ["", f"Note: {results['note']}"]
+    out += ["", OTHER_RESULTS]
     out += ["", "## Machine", ""]
     out.append(_table(["item", "value"], [[k, v] for k, v in info.items()]))
     out += [
