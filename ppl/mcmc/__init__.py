@@ -10,6 +10,7 @@ from .combinators import block, cycle, mixture, repeat
 from .enum_gibbs import enum_gibbs
 from .gibbs import EnumGibbs
 from .gradient import hmc, leapfrog, mala
+from .involutive import Involutive, hmc_involution, involutive, log_abs_det_jacobian
 from .mh import independence, mh, random_walk
 from .model_mh import MH
 from .smc import SMC, SMCResult, systematic_resample, tempered_smc
@@ -28,6 +29,9 @@ __all__ = [
     "hmc",
     "leapfrog",
     "enum_gibbs",
+    "involutive",
+    "hmc_involution",
+    "log_abs_det_jacobian",
     "cycle",
     "mixture",
     "repeat",
@@ -40,6 +44,7 @@ __all__ = [
     "HMC",
     "EnumGibbs",
     "MH",
+    "Involutive",
     "tempered_smc",
     "systematic_resample",
     "SMC",
