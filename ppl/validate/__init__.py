@@ -19,6 +19,7 @@ from .invariance import (
     target_probs,
     transition_matrix,
 )
+from .sbc import SBCReport, check_sbc, kernel_inference, sbc_ranks
 from .unbiased import UnbiasedReport, check_unbiased, estimator_stats
 
 __all__ = [
@@ -40,4 +41,8 @@ __all__ = [
     "check_stationarity",
     "check_binned_invariance",
     "check_geweke",
+    "SBCReport",
+    "check_sbc",
+    "sbc_ranks",
+    "kernel_inference",
 ]
