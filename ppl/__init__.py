@@ -6,6 +6,7 @@ derivatives), usable as NumPyro ``SVI`` losses.
 """
 
 from . import mcmc, objectives, validate
+from . import reward
 from .core import (
     MVD,
     Enum,

@@ -6,9 +6,12 @@ import pytest
 
 import ppl
 import ppl.objectives
+import ppl.reward
 import ppl.validate
 
-PUBLIC = [(mod, name) for mod in (ppl, ppl.objectives, ppl.validate) for name in mod.__all__]
+PUBLIC = [
+    (mod, name) for mod in (ppl, ppl.objectives, ppl.validate, ppl.reward) for name in mod.__all__
+]
 
 
 @pytest.mark.parametrize("mod, name", PUBLIC, ids=[f"{m.__name__}.{n}" for m, n in PUBLIC])
