@@ -1,8 +1,11 @@
 """NumPyro ``MCMCKernel`` adapters: run a pure kernel on a model inside ``numpyro.infer.MCMC``.
 
 The model is moved to unconstrained space with ``numpyro.infer.util.initialize_model``
-(log density = −potential, ``postprocess_fn`` constrains and adds deterministic sites),
-the step size is tuned during warm-up by NumPyro's dual averaging, and a batch of keys
+(log density = −potential, ``postprocess_fn`` constrains and adds deterministic sites).
+During warm-up the step size (dual averaging) and, for kernels that take one, a diagonal
+inverse mass matrix (Welford variance estimates over Stan's doubling windows, regularized
+as in Stan) are adapted by NumPyro's own ``hmc_util.warmup_adapter``, the step size
+re-initialized at each window end by ``find_reasonable_step_size``. A batch of keys
 (``chain_method="vectorized"``) vmaps ``init`` and ``sample`` as NumPyro's ``HMC`` does.
 """
 
@@ -10,11 +13,17 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from numpyro.infer.hmc_util import dual_averaging
+from jax.flatten_util import ravel_pytree
+from numpyro.infer.hmc_util import (
+    euclidean_kinetic_energy,
+    find_reasonable_step_size,
+    warmup_adapter,
+)
 from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.mcmc import MCMCKernel
 from numpyro.infer.util import ParamInfo, initialize_model
@@ -26,10 +35,18 @@ from .mh import random_walk
 
 
 class AdaptState(NamedTuple):
-    """Step size in use and NumPyro's dual-averaging state over log step size."""
+    """Warm-up adaptation state, field for field NumPyro's ``HMCAdaptState``: the step size
+    and diagonal inverse mass matrix in use (and its square roots), the dual-averaging
+    state over log step size, the Welford variance state, the adaptation window index."""
 
     step_size: jax.Array
-    dual_averaging: tuple
+    inverse_mass_matrix: jax.Array
+    mass_matrix_sqrt: jax.Array
+    mass_matrix_sqrt_inv: jax.Array
+    ss_state: tuple
+    mm_state: tuple
+    window_idx: jax.Array
+    rng_key: jax.Array
 
 
 class KernelState(NamedTuple):
@@ -50,7 +67,10 @@ class KernelState(NamedTuple):
 class ModelKernel(MCMCKernel):
     """Base of the NumPyro adapters: a subclass gives ``build(logdensity_fn, step_size)``
     returning a pure :class:`~ppl.mcmc.Kernel`; everything else (initialization,
-    unconstrained space, step-size adaptation, vectorized chains) lives here.
+    unconstrained space, warm-up adaptation, vectorized chains) lives here. A subclass
+    whose ``build`` also takes ``inverse_mass_matrix`` (a diagonal over the flattened
+    unconstrained position) sets ``supports_mass_matrix = True`` and gets it adapted
+    when ``adapt_mass_matrix=True``.
 
     Example::
 
@@ -60,6 +80,7 @@ class ModelKernel(MCMCKernel):
     """
 
     target_accept_prob: float = 0.8
+    supports_mass_matrix: bool = False
 
     def __init__(
         self,
@@ -69,6 +90,8 @@ class ModelKernel(MCMCKernel):
         adapt_step_size: bool = True,
         target_accept_prob: float | None = None,
         init_strategy: Callable = init_to_uniform,
+        adapt_mass_matrix: bool = False,
+        inverse_mass_matrix: jax.Array | None = None,
     ):
         if model is not None and potential_fn is not None:
             raise ValueError("Give one of `model` or `potential_fn`, not both.")
@@ -78,6 +101,10 @@ class ModelKernel(MCMCKernel):
         self._postprocess_fn = None
         self._step_size = step_size
         self._adapt_step_size = adapt_step_size
+        if adapt_mass_matrix and not self.supports_mass_matrix:
+            raise ValueError(f"{type(self).__name__} takes no mass matrix to adapt")
+        self._adapt_mass_matrix = adapt_mass_matrix
+        self._inverse_mass_matrix = inverse_mass_matrix
         if target_accept_prob is not None:
             self.target_accept_prob = target_accept_prob
         self._init_strategy = init_strategy
@@ -88,6 +115,26 @@ class ModelKernel(MCMCKernel):
     def build(self, logdensity_fn: Callable, step_size) -> Kernel:
         """The pure kernel for ``logdensity_fn`` at ``step_size``."""
         raise NotImplementedError
+
+    def _build(self, logdensity_fn: Callable, adapt: AdaptState) -> Kernel:
+        if self.supports_mass_matrix:
+            return self.build(logdensity_fn, adapt.step_size, adapt.inverse_mass_matrix)
+        return self.build(logdensity_fn, adapt.step_size)
+
+    def find_step_size(self, logdensity_fn: Callable) -> Callable | None:
+        """``f(step_size, inverse_mass_matrix, z_info, key)`` giving a reasonable step size
+        at the start of each adaptation window, or ``None`` (keep the current one)."""
+        return None
+
+    def _adapter(self, logdensity_fn):
+        return warmup_adapter(
+            self._num_warmup,
+            find_reasonable_step_size=self.find_step_size(logdensity_fn),
+            adapt_step_size=self._adapt_step_size,
+            adapt_mass_matrix=self._adapt_mass_matrix,
+            dense_mass=False,
+            target_accept_prob=self.target_accept_prob,
+        )
 
     @property
     def model(self):
@@ -154,7 +201,7 @@ class ModelKernel(MCMCKernel):
         logdensity_fn = self._logdensity_fn(model_args, model_kwargs)
 
         def one(state):
-            kernel = self.build(logdensity_fn, state.adapt.step_size)
+            kernel = self._build(logdensity_fn, state.adapt)
             return state._replace(inner=kernel.init(state.inner.position))
 
         return jax.vmap(one)(state) if jnp.ndim(state.i) else one(state)
@@ -191,12 +238,16 @@ class ModelKernel(MCMCKernel):
         if init_params is None:
             raise ValueError("Valid `init_params` must be provided with `potential_fn`.")
         logdensity_fn = self._logdensity_fn(model_args, model_kwargs)
-        da_init, _ = dual_averaging()
+        wa_init, _ = self._adapter(logdensity_fn)
 
         def init_one(z, key):
+            key, key_adapt = jax.random.split(key)
             step_size = jnp.asarray(self._step_size, jnp.result_type(float))
-            inner = self.build(logdensity_fn, step_size).init(z)
-            adapt = AdaptState(step_size, da_init(jnp.log(10.0 * step_size)))
+            inv_mass = self._inverse_mass_matrix
+            adapt = AdaptState(
+                *wa_init((z, None, None, None), key_adapt, step_size, inverse_mass_matrix=inv_mass)
+            )
+            inner = self._build(logdensity_fn, adapt).init(z)
             zero = jnp.zeros((), jnp.result_type(float))
             return KernelState(jnp.array(0), inner, adapt, zero, zero, key)
 
@@ -209,18 +260,17 @@ class ModelKernel(MCMCKernel):
     def _sample_one(self, state, model_args, model_kwargs):
         logdensity_fn = self._logdensity_fn(model_args, model_kwargs)
         rng_key, key_step = jax.random.split(state.rng_key)
-        kernel = self.build(logdensity_fn, state.adapt.step_size)
+        kernel = self._build(logdensity_fn, state.adapt)
         inner, info = kernel.step(key_step, state.inner)
         accept_prob = self.adapt_statistic(info)
         warm = state.i < self._num_warmup
         adapt = state.adapt
-        if self._adapt_step_size:
-            _, da_update = dual_averaging()
+        if self._adapt_step_size or self._adapt_mass_matrix:
+            _, wa_update = self._adapter(logdensity_fn)
+            z_info = (inner.position, None, None, None)
 
             def update(adapt):
-                da = da_update(self.target_accept_prob - accept_prob, adapt.dual_averaging)
-                last = state.i == self._num_warmup - 1
-                return AdaptState(jnp.exp(jnp.where(last, da[1], da[0])), da)
+                return AdaptState(*wa_update(state.i, accept_prob, z_info, adapt))
 
             adapt = jax.lax.cond(warm, update, identity, adapt)
         i = state.i + 1
@@ -234,9 +284,28 @@ class ModelKernel(MCMCKernel):
         return self._sample_fn(state, model_args, model_kwargs)
 
 
+def _leapfrog_step_size(logdensity_fn: Callable) -> Callable:
+    """NumPyro's ``find_reasonable_step_size`` (leapfrog step size whose one-step MH ratio
+    crosses 0.8) for a log density over an unconstrained dict."""
+
+    def momentum(z, inverse_mass_matrix, key):
+        flat, unravel = ravel_pytree(z)
+        eps = jax.random.normal(key, flat.shape, flat.dtype)
+        return unravel(eps / jnp.sqrt(inverse_mass_matrix))
+
+    return partial(
+        find_reasonable_step_size,
+        lambda z: -logdensity_fn(z),
+        euclidean_kinetic_energy,
+        momentum,
+    )
+
+
 class RandomWalk(ModelKernel):
     """Gaussian random-walk Metropolis on a NumPyro model (unconstrained space), scale
-    tuned during warm-up to ``target_accept_prob`` (default 0.234).
+    tuned during warm-up to ``target_accept_prob`` (default 0.234); with
+    ``adapt_mass_matrix=True`` the proposal is also preconditioned by the adapted
+    diagonal posterior variances.
 
     Example::
 
@@ -245,14 +314,17 @@ class RandomWalk(ModelKernel):
     """
 
     target_accept_prob = 0.234
+    supports_mass_matrix = True
 
-    def build(self, logdensity_fn, step_size):
-        return random_walk(logdensity_fn, step_size)
+    def build(self, logdensity_fn, step_size, inverse_mass_matrix=1.0):
+        return random_walk(logdensity_fn, step_size, inverse_mass_matrix)
 
 
 class MALA(ModelKernel):
     """Metropolis-adjusted Langevin on a NumPyro model, step size tuned during warm-up to
-    ``target_accept_prob`` (default 0.574).
+    ``target_accept_prob`` (default 0.574) and, with ``adapt_mass_matrix=True`` (the
+    default), a diagonal inverse mass matrix (preconditioner) estimated from the warm-up
+    draws in Stan's windows.
 
     Example::
 
@@ -260,20 +332,52 @@ class MALA(ModelKernel):
     """
 
     target_accept_prob = 0.574
+    supports_mass_matrix = True
 
-    def build(self, logdensity_fn, step_size):
-        return mala(logdensity_fn, step_size)
+    def __init__(
+        self,
+        model: Callable | None = None,
+        potential_fn: Callable | None = None,
+        step_size: float = 0.1,
+        adapt_step_size: bool = True,
+        target_accept_prob: float | None = None,
+        init_strategy: Callable = init_to_uniform,
+        adapt_mass_matrix: bool = True,
+        inverse_mass_matrix: jax.Array | None = None,
+    ):
+        super().__init__(
+            model,
+            potential_fn,
+            step_size,
+            adapt_step_size,
+            target_accept_prob,
+            init_strategy,
+            adapt_mass_matrix,
+            inverse_mass_matrix,
+        )
+
+    def build(self, logdensity_fn, step_size, inverse_mass_matrix=1.0):
+        return mala(logdensity_fn, step_size, inverse_mass_matrix)
+
+    def find_step_size(self, logdensity_fn):
+        # one MALA step of size ε is one leapfrog step of size h = √(2ε)
+        find = _leapfrog_step_size(logdensity_fn)
+        return lambda eps, imm, z_info, key: 0.5 * find(jnp.sqrt(2 * eps), imm, z_info, key) ** 2
 
 
 class HMC(ModelKernel):
     """HMC with ``num_steps`` leapfrog steps on a NumPyro model (``adjusted=False``: no
-    MH test); step size tuned during warm-up to ``target_accept_prob`` (default 0.8).
+    MH test); step size tuned during warm-up to ``target_accept_prob`` (default 0.8) and,
+    with ``adapt_mass_matrix=True`` (the default), a diagonal inverse mass matrix
+    estimated from the warm-up draws in Stan's windows (NumPyro's ``warmup_adapter``).
 
     Example::
 
         mcmc = MCMC(ppl.mcmc.HMC(model, num_steps=10), num_warmup=500, num_samples=1000,
                     num_chains=2, chain_method="vectorized")
     """
+
+    supports_mass_matrix = True
 
     def __init__(
         self,
@@ -285,12 +389,26 @@ class HMC(ModelKernel):
         adapt_step_size: bool = True,
         target_accept_prob: float | None = None,
         init_strategy: Callable = init_to_uniform,
+        adapt_mass_matrix: bool = True,
+        inverse_mass_matrix: jax.Array | None = None,
     ):
         super().__init__(
-            model, potential_fn, step_size, adapt_step_size, target_accept_prob, init_strategy
+            model,
+            potential_fn,
+            step_size,
+            adapt_step_size,
+            target_accept_prob,
+            init_strategy,
+            adapt_mass_matrix,
+            inverse_mass_matrix,
         )
         self._num_steps = num_steps
         self._adjusted = adjusted
 
-    def build(self, logdensity_fn, step_size):
-        return hmc(logdensity_fn, step_size, self._num_steps, adjusted=self._adjusted)
+    def build(self, logdensity_fn, step_size, inverse_mass_matrix=1.0):
+        return hmc(
+            logdensity_fn, step_size, self._num_steps, inverse_mass_matrix, adjusted=self._adjusted
+        )
+
+    def find_step_size(self, logdensity_fn):
+        return _leapfrog_step_size(logdensity_fn)

@@ -19,9 +19,14 @@ def _grad_init(logdensity_fn):
     return init
 
 
-def mala(logdensity_fn: Callable, step_size: float | jax.Array) -> Kernel:
-    """Metropolis-adjusted Langevin: y = x + ε∇log π(x) + √(2ε)ξ, then an MH correction
-    with q(y|x) = N(y; x + ε∇log π(x), 2ε I).
+def mala(
+    logdensity_fn: Callable,
+    step_size: float | jax.Array,
+    inverse_mass_matrix: float | jax.Array = 1.0,
+) -> Kernel:
+    """Metropolis-adjusted Langevin: y = x + εM⁻¹∇log π(x) + √(2ε)M^{-1/2}ξ, then an MH
+    correction with q(y|x) = N(y; x + εM⁻¹∇log π(x), 2εM⁻¹). ``inverse_mass_matrix`` M⁻¹
+    is a scalar or a diagonal (a preconditioner over the flattened position).
 
     Example::
 
@@ -30,15 +35,18 @@ def mala(logdensity_fn: Callable, step_size: float | jax.Array) -> Kernel:
     """
     init = _grad_init(logdensity_fn)
 
-    def log_q(to, frm, frm_grad):
-        return -jnp.sum((to - frm - step_size * frm_grad) ** 2) / (4.0 * step_size)
-
     def step(key, state):
         k_prop, k_acc = jax.random.split(key)
         x, unravel = ravel_pytree(state.position)
         gx, _ = ravel_pytree(state.logdensity_grad)
+        inv_mass = jnp.broadcast_to(jnp.asarray(inverse_mass_matrix, x.dtype), x.shape)
+
+        def log_q(to, frm, frm_grad):
+            d = to - frm - step_size * inv_mass * frm_grad
+            return -jnp.sum(d**2 / inv_mass) / (4.0 * step_size)
+
         noise = jax.random.normal(k_prop, x.shape, x.dtype)
-        y = x + step_size * gx + jnp.sqrt(2.0 * step_size) * noise
+        y = x + step_size * inv_mass * gx + jnp.sqrt(2.0 * step_size * inv_mass) * noise
         new = init(unravel(y))
         gy, _ = ravel_pytree(new.logdensity_grad)
         log_ratio = new.logdensity - state.logdensity + log_q(x, y, gy) - log_q(y, x, gx)

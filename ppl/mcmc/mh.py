@@ -72,8 +72,14 @@ def independence(logdensity_fn: Callable, proposal: Distribution) -> Kernel:
     return mh(logdensity_fn, lambda x: proposal)
 
 
-def random_walk(logdensity_fn: Callable, scale: float | jax.Array = 1.0) -> Kernel:
-    """Gaussian random-walk Metropolis on a pytree position: y = x + scale·ε, ε ~ N(0, I).
+def random_walk(
+    logdensity_fn: Callable,
+    scale: float | jax.Array = 1.0,
+    inverse_mass_matrix: float | jax.Array = 1.0,
+) -> Kernel:
+    """Gaussian random-walk Metropolis on a pytree position: y = x + scale·√(M⁻¹)·ε,
+    ε ~ N(0, I), with ``inverse_mass_matrix`` M⁻¹ a scalar or a diagonal over the
+    flattened position (a preconditioner).
 
     The proposal is symmetric, so the ratio is π(y)/π(x). Example::
 
@@ -84,7 +90,8 @@ def random_walk(logdensity_fn: Callable, scale: float | jax.Array = 1.0) -> Kern
     def step(key, state):
         k_prop, k_acc = jax.random.split(key)
         flat, unravel = ravel_pytree(state.position)
-        y = unravel(flat + scale * jax.random.normal(k_prop, flat.shape, flat.dtype))
+        noise = jax.random.normal(k_prop, flat.shape, flat.dtype)
+        y = unravel(flat + scale * jnp.sqrt(jnp.asarray(inverse_mass_matrix, flat.dtype)) * noise)
         new = State(y, jnp.asarray(logdensity_fn(y)))
         return mh_accept(k_acc, new.logdensity - state.logdensity, new, state)
 

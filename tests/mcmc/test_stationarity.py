@@ -61,6 +61,7 @@ CASES = [
         marks=pytest.mark.slow,
     ),
     ("mala", MALA, sample, True),
+    ("mala_preconditioned", mcmc.mala(logp, 0.5, jnp.array([0.6, 1.8])), sample, True),
     ("hmc", HMC, sample, True),
     ("cycle", mcmc.cycle(RW, MALA), sample, False),
     ("mixture", mcmc.mixture([MALA, HMC], [0.3, 0.7]), sample, True),
