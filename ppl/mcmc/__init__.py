@@ -13,7 +13,7 @@ from .gradient import hmc, leapfrog, mala
 from .involutive import Involutive, hmc_involution, involutive, log_abs_det_jacobian
 from .mh import independence, mh, random_walk
 from .model_mh import MH
-from .smc import SMC, SMCResult, systematic_resample, tempered_smc
+from .smc import SMC, SMCResult, data_annealed_smc, systematic_resample, tempered_smc
 
 __all__ = [
     "Kernel",
@@ -46,6 +46,7 @@ __all__ = [
     "MH",
     "Involutive",
     "tempered_smc",
+    "data_annealed_smc",
     "systematic_resample",
     "SMC",
     "SMCResult",

@@ -1,9 +1,11 @@
-"""Resample-move SMC with likelihood tempering: π_β ∝ prior · likelihood^β, β: 0 → 1.
+"""Resample-move SMC: likelihood tempering, π_β ∝ prior · likelihood^β, β: 0 → 1, and
+data annealing, π_t ∝ prior · Π_{s ≤ t} p(batch_s | θ), one batch of observations at a time.
 
-Each stage reweights by likelihood^(β_t − β_{t−1}), adds log mean weight to the
-log-evidence estimate, resamples (systematic) and moves every particle with a π_β-invariant
-kernel. With a fixed schedule the evidence estimate Ẑ is unbiased (E Ẑ = Z); the adaptive
-schedule picks β_t by bisection so the effective sample size is ``target_ess`` · N.
+Each stage reweights by the incremental likelihood, adds the log weighted mean of the
+increments to the log-evidence estimate, resamples (systematic) and moves every particle
+with a π_t-invariant kernel. With a fixed schedule (and resampling at every stage) the
+evidence estimate Ẑ is unbiased (E Ẑ = Z); the adaptive tempering schedule picks β_t by
+bisection so the effective sample size is ``target_ess`` · N.
 """
 
 from __future__ import annotations
@@ -23,13 +25,15 @@ from .mh import random_walk
 
 
 class SMCResult(NamedTuple):
-    """Particles (equally weighted after the last resampling), the log-evidence estimate,
-    the number of tempering stages and the mean acceptance rate of the moves."""
+    """Particles, the log-evidence estimate, the number of stages, the mean acceptance
+    rate of the moves, and the particles' normalized log weights (``None`` when they are
+    equally weighted, as after tempered SMC's last resampling)."""
 
     particles: Any
     log_evidence: jax.Array
     num_stages: jax.Array
     acceptance_rate: jax.Array
+    log_weights: jax.Array | None = None
 
 
 def systematic_resample(key: jax.Array, log_weights: jax.Array) -> jax.Array:
@@ -137,20 +141,98 @@ def tempered_smc(
     return SMCResult(x, logz, t, acc / jnp.maximum(t, 1))
 
 
+def data_annealed_smc(
+    key: jax.Array,
+    particles: Any,
+    logprior_fn: Callable,
+    batch_loglik_fn: Callable,
+    num_batches: int,
+    make_kernel: Callable[[Callable], Kernel],
+    num_mcmc_steps: int = 5,
+    resample_threshold: float = 1.0,
+) -> SMCResult:
+    """SMC with data annealing from ``particles`` (exact prior draws, leading axis N):
+    ``batch_loglik_fn(θ)`` returns the log-likelihoods of the ``num_batches`` batches
+    (shape ``(num_batches,)``); stage t targets π_t ∝ prior · Π_{s ≤ t} p(batch_s | θ).
+    Each stage resamples (systematic) when the ESS of the current weights is below
+    ``resample_threshold`` · N (default 1.0: whenever the weights are not uniform, which
+    keeps E Ẑ = Z exact), reweights by p(batch_t | θ), adds log Σ W_i p(batch_t | θ_i) to
+    the log evidence and moves the weighted particles with ``make_kernel(log π_t)``.
+
+    Returns an :class:`SMCResult` whose particles carry ``log_weights`` (normalized). Example::
+
+        res = data_annealed_smc(key, prior_draws, logprior,
+                                lambda th: jnp.stack([loglik(th, b) for b in batches]), 5,
+                                lambda ld: random_walk(ld, 0.3))
+        res.log_evidence, jnp.exp(res.log_weights) @ res.particles
+    """
+    n = jax.tree.leaves(particles)[0].shape[0]
+    batch_ll = jax.vmap(batch_loglik_fn)
+
+    def stage(carry, xs):
+        x, logw, logz = carry
+        t, k = xs
+        k_res, k_move = jax.random.split(k)
+        resample = _ess_fraction(logw) < resample_threshold - 1e-6
+        idx = jnp.where(resample, systematic_resample(k_res, logw), jnp.arange(n))
+        x = jax.tree.map(lambda a: a[idx], x)
+        logw = jnp.where(resample, jnp.zeros(n), logw - logsumexp(logw) + jnp.log(n))
+        inc = batch_ll(x)[:, t]
+        inc = jnp.where(jnp.isnan(inc), -jnp.inf, inc)
+        new_logw = logw + inc
+        logz = logz + logsumexp(new_logw) - logsumexp(logw)
+        mask = (jnp.arange(num_batches) <= t).astype(inc.dtype)
+        kernel = make_kernel(lambda z: logprior_fn(z) + jnp.sum(mask * batch_loglik_fn(z)))
+
+        def move(z, kk):
+            s, info = jax.lax.scan(
+                lambda s, k3: kernel.step(k3, s),
+                kernel.init(z),
+                jax.random.split(kk, num_mcmc_steps),
+            )
+            return s.position, summarize(info).acceptance_rate
+
+        x, acc = jax.vmap(move)(x, jax.random.split(k_move, n))
+        return (x, new_logw, logz), jnp.mean(acc)
+
+    keys = jax.random.split(key, num_batches)
+    init = (particles, jnp.zeros(n), jnp.zeros(()))
+    (x, logw, logz), acc = jax.lax.scan(stage, init, (jnp.arange(num_batches), keys))
+    return SMCResult(x, logz, jnp.asarray(num_batches), jnp.mean(acc), logw - logsumexp(logw))
+
+
+def _batch_loglik(sites, num_batches):
+    """(num_batches,) log-likelihoods: each observed site's log-prob elements (along its
+    leading axis) are split into ``num_batches`` contiguous batches."""
+    total = 0.0
+    for s in sites:
+        lp = s["fn"].log_prob(s["value"])
+        lp = lp if s.get("scale") is None else s["scale"] * lp
+        lp = jnp.reshape(lp, (jnp.shape(lp)[0], -1)).sum(1) if jnp.ndim(lp) else lp[None]
+        m = lp.shape[0]
+        which = (jnp.arange(m) * num_batches) // m
+        total = total + jax.nn.one_hot(which, num_batches, dtype=lp.dtype).T @ lp
+    return total
+
+
 def _log_prob(site):
     lp = jnp.sum(site["fn"].log_prob(site["value"]))
     return lp if site.get("scale") is None else site["scale"] * lp
 
 
 class SMC:
-    """Tempered SMC on a NumPyro model: particles start at prior draws, the likelihood
-    (observed sites) is tempered in, moves run in unconstrained space; ``run`` returns an
-    :class:`SMCResult` with constrained particles and the log evidence log p(data).
+    """SMC on a NumPyro model: particles start at prior draws, moves run in unconstrained
+    space; ``run`` returns an :class:`SMCResult` with constrained particles and the log
+    evidence log p(data). ``anneal="likelihood"`` (default) tempers the likelihood of the
+    observed sites in; ``anneal="data"`` adds the observations in ``num_batches``
+    contiguous batches along each observed site's leading axis (:func:`data_annealed_smc`,
+    the result carries ``log_weights``).
 
     Example::
 
         res = ppl.mcmc.SMC(model, num_particles=1000).run(jax.random.key(0), y)
         res.log_evidence, res.particles["mu"].mean()
+        res = ppl.mcmc.SMC(model, anneal="data", num_batches=5).run(jax.random.key(0), y)
     """
 
     def __init__(
@@ -161,7 +243,15 @@ class SMC:
         num_mcmc_steps: int = 5,
         betas: jax.Array | None = None,
         target_ess: float = 0.5,
+        anneal: str = "likelihood",
+        num_batches: int = 10,
+        resample_threshold: float = 1.0,
     ):
+        if anneal not in ("likelihood", "data"):
+            raise ValueError(f"anneal must be 'likelihood' or 'data', got {anneal!r}")
+        self.anneal = anneal
+        self.num_batches = num_batches
+        self.resample_threshold = resample_threshold
         self.model = model
         self.num_particles = num_particles
         self.make_kernel = make_kernel
@@ -183,11 +273,15 @@ class SMC:
         def constrain(u):
             return {n: transforms[n](v) for n, v in u.items()}
 
-        def split_density(u):
+        def split_density(u, batches=False):
             v = constrain(u)
             _, tr = log_density(self.model, args, kwargs, v)
             sample_sites = [s for s in tr.values() if s["type"] == "sample"]
-            lik = sum(_log_prob(s) for s in sample_sites if s["is_observed"])
+            observed = [s for s in sample_sites if s["is_observed"]]
+            if batches:
+                lik = _batch_loglik(observed, self.num_batches)
+            else:
+                lik = sum(_log_prob(s) for s in observed)
             prior = sum(_log_prob(s) for s in sample_sites if not s["is_observed"])
             prior = prior + sum(
                 jnp.sum(t.log_abs_det_jacobian(u[n], v[n])) for n, t in transforms.items()
@@ -198,6 +292,18 @@ class SMC:
         u0 = jax.vmap(
             lambda k: {n: transforms[n].inv(s["value"]) for n, s in prior_draw(k).items()}
         )(keys)
+        if self.anneal == "data":
+            res = data_annealed_smc(
+                k_smc,
+                u0,
+                lambda u: split_density(u)[0],
+                lambda u: split_density(u, batches=True)[1],
+                self.num_batches,
+                self.make_kernel,
+                self.num_mcmc_steps,
+                self.resample_threshold,
+            )
+            return res._replace(particles=jax.vmap(constrain)(res.particles))
         res = tempered_smc(
             k_smc,
             u0,
