@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
-from ..infer.svi import Objective
+from ..infer.svi import Objective, _mutable_sites
 from ..reward.estimators import brain_surrogate
 from ..reward.proposals import draw, report_metrics
 
@@ -50,7 +50,8 @@ def brain(num_samples: int = 8, proposal="reference", baseline: str = "self_norm
         report_metrics(model, d, -value)
         return jnp.sum(value + surrogate - lax.stop_gradient(surrogate))
 
-    return Objective(
+    cls = OfflineObjective if isinstance(proposal, str) and proposal == "offline" else Objective
+    return cls(
         program,
         name=f"brain(num_samples={num_samples}, proposal={proposal!r}, baseline={baseline!r})",
     )
@@ -68,3 +69,18 @@ def gdcpp(num_samples: int = 8, proposal="reference"):
     gradient Σ_i (α̂_i − π_θ(y_i) / (n q'(y_i))) ∇log π_θ(y_i); value −D_SN (see
     :func:`brain`)."""
     return brain(num_samples, proposal, baseline="gdcpp")
+
+
+class OfflineObjective(Objective):
+    """An objective whose loss reads stored samples from the keyword argument ``samples``,
+    which model and guide never see (so SVI's plain runs for mutable state skip it)."""
+
+    def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
+        """SVI loss plus mutable state; ``samples`` goes to the objective only."""
+        plain = {k: v for k, v in kwargs.items() if k != "samples"}
+        mutable = _mutable_sites(rng_key, param_map, model, guide, args, plain)
+        value, updates = self.estimate_with_updates(
+            rng_key, param_map, model, guide, *args, **kwargs
+        )
+        mutable.update(updates)
+        return {"loss": -value, "mutable_state": mutable or None}

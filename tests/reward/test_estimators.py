@@ -164,3 +164,18 @@ def test_self_normalized_estimators_are_consistent(kind):
     bias = [np.abs(expected_library_estimate(kind, n) - exact).max() for n in (1, 2, 3, 6)]
     assert bias[0] > bias[1] > bias[2] > bias[3]
     assert 0.3 < bias[3] / bias[2] < 0.7  # ~ 1/n: halves from n = 3 to n = 6
+
+
+def test_posterior_is_a_fixed_point_of_brain_but_not_of_dpg_or_gdcpp():
+    """At q = posterior, BRAIn's per-sample gradient is exactly zero (alpha = beta); the
+    exact expectation of DPG's and GDC++'s n-sample update is not (and is the same for
+    both: GDC++'s baseline has mean zero)."""
+    logits = np.log(exact_posterior())
+    ref = lambda b, y: np.log(P_REF[b, y])
+    g = {
+        k: expected_estimator(is_coefficients(k, ref, logits), [P_REF] * N, logits)
+        for k in ("brain", "dpg", "gdcpp")
+    }
+    np.testing.assert_allclose(g["brain"], 0.0, atol=1e-12)
+    assert np.abs(g["dpg"]).max() > 0.01
+    np.testing.assert_allclose(g["gdcpp"], g["dpg"], atol=1e-12)
