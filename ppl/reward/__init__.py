@@ -30,6 +30,13 @@ from .proposals import (
     mixture,
     snapshot,
 )
+from .sequence import (
+    Autoregressive,
+    TinyTransformer,
+    all_sequences,
+    sequence_policy,
+    teacher_forced_log_prob,
+)
 
 __all__ = [
     "posterior",
@@ -53,4 +60,9 @@ __all__ = [
     "f_coefficients",
     "brain_loss",
     "dpo_loss",
+    "TinyTransformer",
+    "Autoregressive",
+    "sequence_policy",
+    "teacher_forced_log_prob",
+    "all_sequences",
 ]
