@@ -5,7 +5,7 @@ sample site (pathwise, REINFORCE with baselines, enumeration, measure-valued
 derivatives), usable as NumPyro ``SVI`` losses.
 """
 
-from . import mcmc, objectives, validate
+from . import dt, mcmc, objectives, validate
 from . import reward
 from .core import (
     MVD,
@@ -84,4 +84,5 @@ __all__ = [
     "objectives",
     "validate",
     "mcmc",
+    "dt",
 ]
