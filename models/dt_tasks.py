@@ -9,6 +9,7 @@ n is uniform on 1..N_MAX (padding masked).
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpyro
@@ -125,6 +126,7 @@ def objective(meta: str, num_problems: int = 64, consistency: float = 1.0):
     )
 
 
+@eqx.filter_jit
 def dt_kl(net, problems: dict) -> jax.Array:
     """KL(exact ‖ DT) per problem (quadrature in log variance)."""
 

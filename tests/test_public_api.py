@@ -5,12 +5,15 @@ import inspect
 import pytest
 
 import ppl
+import ppl.dt
 import ppl.objectives
 import ppl.reward
 import ppl.validate
 
 PUBLIC = [
-    (mod, name) for mod in (ppl, ppl.objectives, ppl.validate, ppl.reward) for name in mod.__all__
+    (mod, name)
+    for mod in (ppl, ppl.objectives, ppl.validate, ppl.reward, ppl.dt)
+    for name in mod.__all__
 ]
 
 
