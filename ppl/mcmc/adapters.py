@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 from numpyro.infer.hmc_util import (
+    build_adaptation_schedule,
+    dual_averaging,
     euclidean_kinetic_energy,
     find_reasonable_step_size,
     warmup_adapter,
@@ -127,9 +129,11 @@ class ModelKernel(MCMCKernel):
         return None
 
     def _adapter(self, logdensity_fn):
+        # the step-size search at window ends runs in ``_refind_step_size`` under a cond on
+        # the (unbatched) iteration, so that vectorized chains do not run it at every step
         return warmup_adapter(
             self._num_warmup,
-            find_reasonable_step_size=self.find_step_size(logdensity_fn),
+            find_reasonable_step_size=None,
             adapt_step_size=self._adapt_step_size,
             adapt_mass_matrix=self._adapt_mass_matrix,
             dense_mass=False,
@@ -247,17 +251,32 @@ class ModelKernel(MCMCKernel):
             adapt = AdaptState(
                 *wa_init((z, None, None, None), key_adapt, step_size, inverse_mass_matrix=inv_mass)
             )
+            if num_warmup > 0:
+                adapt = self._refind_step_size(logdensity_fn, adapt, z)
             inner = self._build(logdensity_fn, adapt).init(z)
             zero = jnp.zeros((), jnp.result_type(float))
             return KernelState(jnp.array(0), inner, adapt, zero, zero, key)
 
         self._sample_fn = self._sample_one
         if vectorized:
-            self._sample_fn = jax.vmap(self._sample_one, in_axes=(0, None, None))
+            self._sample_fn = jax.vmap(self._sample_one, in_axes=(0, None, None, None))
             return jax.vmap(init_one)(init_params, rng_key)
         return init_one(init_params, rng_key)
 
-    def _sample_one(self, state, model_args, model_kwargs):
+    def _refind_step_size(self, logdensity_fn, adapt: AdaptState, z) -> AdaptState:
+        """Restart dual averaging from ``find_step_size``'s reasonable step size at z."""
+        find = self.find_step_size(logdensity_fn)
+        if find is None or not self._adapt_step_size:
+            return adapt
+        rng_key, key = jax.random.split(adapt.rng_key)
+        step_size = find(adapt.step_size, adapt.inverse_mass_matrix, (z, None, None, None), key)
+        ss_init, _ = dual_averaging()
+        ss_state = ss_init(jnp.log(10.0) + jnp.log(step_size))
+        return adapt._replace(step_size=step_size, ss_state=ss_state, rng_key=rng_key)
+
+    def _sample_one(self, state, model_args, model_kwargs, t):
+        """One step; ``t`` is the iteration (shared by vectorized chains, so the warm-up
+        branches below stay real conditionals under ``vmap``)."""
         logdensity_fn = self._logdensity_fn(model_args, model_kwargs)
         rng_key, key_step = jax.random.split(state.rng_key)
         kernel = self._build(logdensity_fn, state.adapt)
@@ -268,11 +287,19 @@ class ModelKernel(MCMCKernel):
         if self._adapt_step_size or self._adapt_mass_matrix:
             _, wa_update = self._adapter(logdensity_fn)
             z_info = (inner.position, None, None, None)
+            windows = build_adaptation_schedule(self._num_warmup)
+            ends = jnp.asarray([w.end for w in windows[1:-1]] or [-1])
 
             def update(adapt):
-                return AdaptState(*wa_update(state.i, accept_prob, z_info, adapt))
+                adapt = AdaptState(*wa_update(t, accept_prob, z_info, adapt))
+                return jax.lax.cond(
+                    jnp.any(t == ends),
+                    lambda a: self._refind_step_size(logdensity_fn, a, inner.position),
+                    identity,
+                    adapt,
+                )
 
-            adapt = jax.lax.cond(warm, update, identity, adapt)
+            adapt = jax.lax.cond(t < self._num_warmup, update, identity, adapt)
         i = state.i + 1
         n = jnp.where(warm, i, i - self._num_warmup)
         mean_accept_prob = state.mean_accept_prob + (accept_prob - state.mean_accept_prob) / n
@@ -281,7 +308,8 @@ class ModelKernel(MCMCKernel):
     def sample(self, state, model_args, model_kwargs):
         if self._sample_fn is None:
             raise RuntimeError("`init` must be called before `sample`.")
-        return self._sample_fn(state, model_args, model_kwargs)
+        t = state.i if jnp.ndim(state.i) == 0 else state.i[0]
+        return self._sample_fn(state, model_args, model_kwargs, t)
 
 
 def _leapfrog_step_size(logdensity_fn: Callable) -> Callable:

@@ -1,0 +1,134 @@
+"""Posterior accuracy against reference posteriors (slow): means and sds from ppl kernels
+inside ``numpyro.infer.MCMC`` agree with the reference within 4 Monte Carlo standard
+errors (ArviZ's MCSE of our draws, which accounts for autocorrelation, combined with the
+reference's own error).
+
+- eight schools (non-centered), posteriordb reference draws (10,000 Stan draws), MALA;
+- low_dim_gauss_mix, a two-component Gaussian mixture of 1,000 points, posteriordb
+  reference, HMC on the model with the assignments marginalized;
+- a synthetic logistic regression, reference = 100,000 NumPyro NUTS draws
+  (tests/mcmc/reference/make_logistic_reference.py wrote logistic_regression.json), HMC.
+
+The discrete–continuous case with sampled assignments (EnumGibbs) is checked against exact
+enumeration in test_numpyro.py.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import arviz as az
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from numpyro.distributions import constraints
+from numpyro.infer import MCMC
+from numpyro.infer.initialization import init_to_value
+
+from ppl import mcmc
+
+N_SIGMA = 4.0
+POSTERIORDB = Path(__file__).parents[2].parent / "shared" / "posteriordb"
+REFERENCE = Path(__file__).with_name("reference")
+
+pytestmark = pytest.mark.slow
+
+
+def run(kernel, *args, num_warmup=1000, num_samples=2000, seed=0):
+    m = MCMC(
+        kernel,
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        num_chains=2,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
+    m.run(jax.random.key(seed), *args)
+    return m.get_samples(group_by_chain=True)
+
+
+def compare(samples, reference):
+    """[(param, z of the mean, z of the sd)] against a ``{param: {mean, sd, n, mcse_mean}}``
+    reference (Stan's 1-based indices); the reference sd's own SE is sd·√((κ − 1)/(4n)),
+    κ the kurtosis of our draws."""
+    rows = []
+    for key, r in reference.items():
+        site, _, index = key.partition("[")
+        draws = np.asarray(samples[site], np.float64)
+        draws = draws[..., int(index[:-1]) - 1] if index else draws
+        kurt = np.mean((draws - draws.mean()) ** 4) / draws.var() ** 2
+        ref_sd_se = r["sd"] * math.sqrt((kurt - 1) / (4 * r["n"]))
+        se_mean = math.hypot(float(az.mcse(draws)), r["mcse_mean"])
+        se_sd = math.hypot(float(az.mcse(draws, method="sd")), ref_sd_se)
+        rows.append(
+            (key, (draws.mean() - r["mean"]) / se_mean, (draws.std(ddof=1) - r["sd"]) / se_sd)
+        )
+    return rows
+
+
+def assert_close(rows):
+    bad = [row for row in rows if abs(row[1]) >= N_SIGMA or abs(row[2]) >= N_SIGMA]
+    assert not bad, [(k, round(a, 2), round(b, 2)) for k, a, b in rows]
+
+
+def posteriordb(name):
+    data = json.loads((POSTERIORDB / f"{name}.data.json").read_text())
+    ref = json.loads((POSTERIORDB / f"{name}.reference.json").read_text())
+    return data, ref
+
+
+# --- eight schools (non-centered) ------------------------------------------------------
+def eight_schools(y, sigma):
+    theta_trans = numpyro.sample("theta_trans", dist.Normal(0.0, 1.0).expand([8]))
+    mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
+    tau = numpyro.sample("tau", dist.HalfCauchy(5.0))
+    numpyro.deterministic("theta", mu + tau * theta_trans)
+    numpyro.sample("y", dist.Normal(mu + tau * theta_trans, sigma), obs=y)
+
+
+def test_eight_schools_mala():
+    data, ref = posteriordb("eight_schools-eight_schools_noncentered")
+    y, sigma = jnp.array(data["y"]), jnp.array(data["sigma"])
+    samples = run(mcmc.MALA(eight_schools), y, sigma, num_warmup=1500, num_samples=6000)
+    assert_close(compare(samples, ref))
+
+
+# --- low_dim_gauss_mix: assignments marginalized -----------------------------------------
+def gauss_mix(y):
+    """posteriordb's Stan model: ordered mu ~ N(0, 2), sigma ~ N⁺(0, 2), theta ~ Beta(5, 5),
+    y_n ~ theta N(mu₁, sigma₁) + (1 − theta) N(mu₂, sigma₂)."""
+    mu = numpyro.sample("mu", dist.ImproperUniform(constraints.ordered_vector, (), (2,)))
+    numpyro.factor("mu_prior", dist.Normal(0.0, 2.0).log_prob(mu).sum())
+    sigma = numpyro.sample("sigma", dist.HalfNormal(2.0).expand([2]))
+    theta = numpyro.sample("theta", dist.Beta(5.0, 5.0))
+    mix = dist.Categorical(probs=jnp.stack([theta, 1 - theta]))
+    with numpyro.plate("n", len(y)):
+        numpyro.sample("y", dist.MixtureSameFamily(mix, dist.Normal(mu, sigma)), obs=y)
+
+
+def test_low_dim_gauss_mix_hmc():
+    """The mixture likelihood also has degenerate modes (a component collapsing on one
+    point, sigma → 0) that trap a chain started there: chains start at a neutral point
+    (unit sigmas, mu = ∓1, theta = ½), not at the reference values."""
+    data, ref = posteriordb("low_dim_gauss_mix-low_dim_gauss_mix")
+    start = {"mu": jnp.array([-1.0, 1.0]), "sigma": jnp.ones(2), "theta": 0.5}
+    kernel = mcmc.HMC(gauss_mix, num_steps=6, init_strategy=init_to_value(values=start))
+    samples = run(kernel, jnp.array(data["y"]), num_warmup=500, num_samples=1000)
+    assert_close(compare(samples, ref))
+
+
+# --- logistic regression against a long NUTS run ----------------------------------------
+def logistic(X, y):
+    alpha = numpyro.sample("alpha", dist.Normal(0.0, 2.5))
+    beta = numpyro.sample("beta", dist.Normal(0.0, 1.0).expand([X.shape[1]]))
+    numpyro.sample("y", dist.Bernoulli(logits=alpha + X @ beta), obs=y)
+
+
+def test_logistic_regression_hmc():
+    saved = json.loads((REFERENCE / "logistic_regression.json").read_text())
+    X, y = jnp.array(saved["data"]["X"]), jnp.array(saved["data"]["y"])
+    samples = run(mcmc.HMC(logistic, num_steps=6), X, y, num_samples=2000)
+    assert_close(compare(samples, saved["reference"]))
