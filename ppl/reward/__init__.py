@@ -13,7 +13,6 @@ from .estimators import (
     self_normalized_kl,
 )
 from .model import (
-    LIKELIHOODS,
     RewardPosterior,
     Scores,
     exact_posterior,
@@ -42,7 +41,6 @@ __all__ = [
     "posterior",
     "RewardPosterior",
     "log_likelihood",
-    "LIKELIHOODS",
     "score",
     "Scores",
     "exact_posterior",
