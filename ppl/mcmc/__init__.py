@@ -5,6 +5,7 @@ return a :class:`Kernel`; they run under ``jax.jit``, ``jax.vmap`` and ``jax.lax
 """
 
 from .adapters import HMC, MALA, AdaptState, KernelState, ModelKernel, RandomWalk
+from .arviz import to_arviz
 from .base import GradState, Info, Kernel, State, mh_accept, summarize
 from .combinators import block, cycle, mixture, repeat
 from .enum_gibbs import enum_gibbs
@@ -50,4 +51,5 @@ __all__ = [
     "systematic_resample",
     "SMC",
     "SMCResult",
+    "to_arviz",
 ]
