@@ -10,12 +10,11 @@ averaged over prompts and seeds, with the self-normalized KL and ESS the objecti
 (mean over the last 50 steps). Compile time (``jit(...).lower().compile()`` of the whole
 scanned training loop) is separate from run time. Writes ``benchmarks/BRAIN_RESULTS.md``.
 
-    python -m benchmarks.brain [--quick]
+    python -m benchmarks.brain [--quick] [--steps N]
 """
 
 from __future__ import annotations
 
-import json
 import platform
 import sys
 import time
@@ -89,8 +88,8 @@ def train(task, loss, snapshot, steps, seeds, lr):
     return outs
 
 
-def main(quick: bool = False):
-    steps = 60 if quick else 400
+def main(quick: bool = False, steps: int | None = None):
+    steps = steps or (60 if quick else 2000)
     seeds = (0,) if quick else (0, 1)
     lr = 3e-3
     t0 = time.perf_counter()
@@ -155,15 +154,19 @@ def write(task, summary, ref, rows, steps, seeds, lr, build_s, quick):
     lines += [
         "",
         f"Exact posterior (the target of every row): KL(post ‖ π) = 0, reward "
-        f"{summary['posterior_reward']:.3f}, KL(π ‖ ref) = {summary['posterior_kl_to_reference']:.4f}.",
+        f"{summary['posterior_reward']:.3f}, true reward {summary['posterior_true_reward']:.3f}, "
+        f"KL(π ‖ ref) = {summary['posterior_kl_to_reference']:.4f}.",
         "",
     ]
     if not quick:
         (HERE / "BRAIN_RESULTS.md").write_text("\n".join(lines))
-        (HERE / "brain_results.json").write_text(json.dumps(rows, indent=1))
     else:
         print("\n".join(lines))
 
 
 if __name__ == "__main__":
-    main(quick="--quick" in sys.argv)
+    argv = sys.argv[1:]
+    main(
+        quick="--quick" in argv,
+        steps=int(argv[argv.index("--steps") + 1]) if "--steps" in argv else None,
+    )
