@@ -58,6 +58,7 @@ def test_enumerated_sites_export():
     assert np.isfinite(az.loo(idata).elpd_loo)
 
 
+@pytest.mark.slow
 def test_sampled_discrete_sites_export():
     def sampled(y):
         mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))

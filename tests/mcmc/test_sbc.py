@@ -46,13 +46,17 @@ def test_sbc_passes_for_mala():
     "make_kernel, lj",
     [
         (lambda ld: ula(ld, 0.3), logjoint),
-        (lambda ld: mcmc.mala(ld, 0.3), lambda t, y: logjoint(t, y, 0.7)),
+        pytest.param(
+            lambda ld: mcmc.mala(ld, 0.3),
+            lambda t, y: logjoint(t, y, 0.7),
+            marks=pytest.mark.slow,
+        ),
     ],
     ids=["ula", "wrong_likelihood"],
 )
 def test_sbc_catches(make_kernel, lj):
     with pytest.raises(AssertionError, match="SBC failed"):
-        check_sbc(sample_joint, infer(make_kernel, lj), jax.random.key(1), num_simulations=1000)
+        check_sbc(sample_joint, infer(make_kernel, lj), jax.random.key(1), num_simulations=500)
 
 
 def test_sbc_discrete_ties():

@@ -1,7 +1,8 @@
 """SMC with data annealing (observations added one batch at a time) on a conjugate
 Gaussian: mu ~ N(0, 1), y_i ~ N(mu, 1), 20 observations in 5 batches. The evidence
 log p(y) (y ~ N(0, I + 11ᵀ)) and the posterior N(Σy/(n+1), 1/(n+1)) are exact; over
-independent runs, Ẑ/Z has mean 1 and the weighted particle moments match, within 4 SE."""
+independent runs, log Ẑ and the weighted particle moments match, and Ẑ/Z has mean 1
+(slow), within 4 SE."""
 
 import math
 
@@ -50,10 +51,10 @@ def z_of(values, exact):
 
 def test_data_annealing_evidence_and_posterior():
     smc = mcmc.SMC(
-        model, num_particles=500, make_kernel=KERNEL, num_mcmc_steps=3, anneal="data", num_batches=5
+        model, num_particles=300, make_kernel=KERNEL, num_mcmc_steps=3, anneal="data", num_batches=5
     )
-    res = jax.jit(jax.vmap(lambda k: smc.run(k, Y)))(jax.random.split(jax.random.key(0), 20))
-    assert res.particles["mu"].shape == (20, 500) and res.log_weights.shape == (20, 500)
+    res = jax.jit(jax.vmap(lambda k: smc.run(k, Y)))(jax.random.split(jax.random.key(0), 10))
+    assert res.particles["mu"].shape == (10, 300) and res.log_weights.shape == (10, 300)
     assert np.all(res.num_stages == 5)
     np.testing.assert_allclose(jax.scipy.special.logsumexp(res.log_weights, -1), 0.0, atol=1e-4)
     logz = np.asarray(res.log_evidence, np.float64)
@@ -63,6 +64,7 @@ def test_data_annealing_evidence_and_posterior():
     assert abs(z_of(sd, POST_SD)) < 4, (sd.mean(), POST_SD)
 
 
+@pytest.mark.slow
 def test_adaptive_resampling_keeps_weights():
     """resample_threshold < 1 resamples only when the ESS drops: the last weights are
     then not uniform, and the estimate still matches (pure interface)."""
