@@ -127,7 +127,7 @@ def svi_one(v: dict, key, steps: int, k: int = 5):
         g = dt.GMM.from_logits(
             logits, means[:, None], jnp.exp(log_sd)[:, None, None], validate=False
         )
-        numpyro.sample("var", dt.constrained(g, "log"))
+        numpyro.sample("var", dt.constrained(g, "log", scalar=True))
 
     svi = SVI(
         model, guide, optax.adam(0.02), TraceGraph_ELBO(num_particles=16, vectorize_particles=True)

@@ -131,8 +131,18 @@ class GMM(eqx.Module):
         lower = self.scale_tril[..., rows, cols]
         return jnp.concatenate([self.log_weights[..., None], self.means, log_diag, lower], -1)
 
-    def to_distribution(self) -> dist.MixtureSameFamily:
-        """``MixtureSameFamily(Categorical(log w), MultivariateNormal(μ, scale_tril=L))``."""
+    def to_distribution(self, scalar: bool = False) -> dist.MixtureSameFamily:
+        """``MixtureSameFamily(Categorical(log w), MultivariateNormal(μ, scale_tril=L))``.
+
+        ``scalar=True`` (D = 1 only): a mixture of ``Normal`` with event shape () instead.
+        """
+        if scalar:
+            if self.dim != 1:
+                raise ValueError(f"scalar=True needs a 1-d GMM, this one has D={self.dim}")
+            return dist.MixtureSameFamily(
+                dist.Categorical(logits=self.log_weights),
+                dist.Normal(self.means[..., 0], self.scale_tril[..., 0, 0]),
+            )
         return dist.MixtureSameFamily(
             dist.Categorical(logits=self.log_weights),
             dist.MultivariateNormal(self.means, scale_tril=self.scale_tril),
@@ -159,9 +169,17 @@ class GMM(eqx.Module):
         m = self.mean()
         return jnp.sum(w * second, -3) - m[..., :, None] * m[..., None, :]
 
-    def guide(self, site: str, transform=None):
-        """A NumPyro guide sampling ``site`` from this GMM (through ``transform`` if given)."""
-        d = self.to_distribution() if transform is None else constrained(self, transform)
+    def guide(self, site: str, transform=None, scalar: bool | None = None):
+        """A NumPyro guide sampling ``site`` from this GMM (through ``transform`` if given).
+
+        ``scalar`` (default: D = 1) gives the site event shape () instead of (D,).
+        """
+        scalar = self.dim == 1 if scalar is None else scalar
+        d = (
+            self.to_distribution(scalar)
+            if transform is None
+            else constrained(self, transform, scalar=scalar)
+        )
 
         def gmm_guide(*args, **kwargs):
             return numpyro.sample(site, d)
@@ -234,10 +252,10 @@ def as_transform(transform) -> Transform:
     )
 
 
-def constrained(gmm: GMM, transform) -> dist.TransformedDistribution:
+def constrained(gmm: GMM, transform, scalar: bool = False) -> dist.TransformedDistribution:
     """p(x) = q(T⁻¹x) |det ∂T⁻¹/∂x|: the GMM on ℝᴰ pushed through the bijection T.
 
     ``transform`` as in :func:`as_transform` (e.g. ``"log"`` for a positive variable whose
-    log is modelled by the GMM).
+    log is modelled by the GMM); ``scalar=True`` for a 1-d GMM on a scalar variable.
     """
-    return dist.TransformedDistribution(gmm.to_distribution(), as_transform(transform))
+    return dist.TransformedDistribution(gmm.to_distribution(scalar), as_transform(transform))

@@ -96,12 +96,24 @@ def test_guide_and_prior_inside_numpyro_programs():
         tr["z"]["fn"].log_prob(tr["z"]["value"]), g.log_prob(tr["z"]["value"])
     )
     one = GMM(jnp.zeros(1), jnp.array([[0.3]]), jnp.array([[[0.6]]]))
-    tr = trace(seed(one.guide("s", "log"), 1)).get_trace()
+    tr = trace(seed(one.guide("s", "log", scalar=False), 1)).get_trace()
     v = tr["s"]["value"]
     assert v.shape == (1,) and float(v[0]) > 0
     np.testing.assert_allclose(
         tr["s"]["fn"].log_prob(v), dist.LogNormal(0.3, 0.6).log_prob(v[0]), rtol=1e-5
     )
+
+    # default for a 1-d GMM: a scalar site, usable as the guide of a model with a scalar latent
+    def model():
+        s = numpyro.sample("s", dist.InverseGamma(3.0, 2.0))
+        numpyro.sample("x", dist.Normal(0.0, jnp.sqrt(s)), obs=0.5)
+
+    guide = one.guide("s", "log")
+    svi = numpyro.infer.SVI(model, guide, numpyro.optim.Adam(1e-2), numpyro.infer.Trace_ELBO())
+    loss = svi.evaluate(svi.init(jax.random.key(0)))
+    assert np.isfinite(loss)
+    v = trace(seed(guide, 2)).get_trace()["s"]["value"]
+    assert v.shape == ()
 
 
 def test_batched_gmm_under_vmap_skips_value_checks():
