@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import numpyro
@@ -21,7 +23,12 @@ def _hidden_guide_run(guide, args, kwargs):
         return simulate(guide, *args, **kwargs)
 
 
-def rws(num_particles: int = 5, dreg: bool = False) -> Objective:
+def rws(
+    num_particles: int = 5,
+    dreg: bool = False,
+    rejuvenate: Callable | None = None,
+    steps: int = 1,
+) -> Objective:
     """Reweighted wake-sleep (Bornschein & Bengio 2015; Le et al. 2019) as one SVI loss.
 
     Value: the IWAE bound (1/K) log sum_k w_k. Gradient: wake-theta for the model's
@@ -32,13 +39,28 @@ def rws(num_particles: int = 5, dreg: bool = False) -> Objective:
     both updates. ``dreg=True`` (reparameterized guides): the doubly-reparameterized
     wake-phi gradient (Tucker et al. 2019), same expectation, lower variance:
     sum_k (w~_k - w~_k^2) d log w_k / dz_k dz_k / dphi.
+
+    ``rejuvenate=make_kernel, steps=n`` (MCMC rejuvenation): the K weighted particles are
+    resampled and each moved by n steps of ``make_kernel(logdensity)``, a kernel (e.g.
+    ``lambda ld: ppl.mcmc.mala(ld, 0.1)``) over the dict of latent values invariant for
+    the posterior p(z | x) ∝ p(x, z) (model parameters held fixed); wake-theta and
+    wake-phi then average over the moved, equally weighted particles, so the gradient
+    bias of a small K shrinks as the chain mixes. Example::
+
+        loss = ppl.objectives.rws(2, rejuvenate=lambda ld: ppl.mcmc.mala(ld, 0.2), steps=10)
     """
     if not isinstance(num_particles, int) or num_particles < 1:
         raise ValueError(f"rws: num_particles must be an int >= 1, got {num_particles!r}")
+    if rejuvenate is not None and dreg:
+        raise ValueError("rws: rejuvenate is not combined with dreg=True")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"rws: steps must be an int >= 1, got {steps!r}")
 
     def program(model, guide, *args, **kwargs):
         if dreg:
             return _dreg_rws(model, guide, num_particles, args, kwargs)
+        if rejuvenate is not None:
+            return _rejuvenated_rws(model, guide, num_particles, rejuvenate, steps, args, kwargs)
 
         def one():
             q = _hidden_guide_run(guide, args, kwargs)
@@ -53,7 +75,37 @@ def rws(num_particles: int = 5, dreg: bool = False) -> Objective:
         )
         return log_mean_exp(log_w) + wake
 
-    return Objective(program, name=f"rws(num_particles={num_particles}, dreg={dreg})")
+    name = f"rws(num_particles={num_particles}, dreg={dreg}"
+    name += ")" if rejuvenate is None else f", rejuvenate, steps={steps})"
+    return Objective(program, name=name)
+
+
+def _rejuvenated_rws(model, guide, num_particles, make_kernel, steps, args, kwargs):
+    """IWAE value; wake gradients at resampled particles moved by ``steps`` MCMC steps."""
+    from ..mcmc import systematic_resample
+
+    def one():
+        q = _hidden_guide_run(guide, args, kwargs)
+        values = jax.tree.map(lax.stop_gradient, q.values)
+        log_p = density(model, values, *args, fix_params=True, **kwargs)
+        log_q = density(guide, values, *args, fix_params=True, **kwargs)
+        return values, lax.stop_gradient(log_p - log_q)
+
+    values, log_w = particles(one, num_particles)()
+    k_res, k_move = jax.random.split(numpyro.prng_key())
+    values = jax.tree.map(lambda v: v[systematic_resample(k_res, log_w)], values)
+    kernel = make_kernel(lambda v: density(model, v, *args, fix_params=True, **kwargs))
+
+    def move(v, keys):
+        s, _ = lax.scan(lambda s, k: (kernel.step(k, s)[0], None), kernel.init(v), keys)
+        return s.position
+
+    keys = jax.random.split(k_move, (num_particles, steps))
+    moved = jax.tree.map(lax.stop_gradient, jax.vmap(move)(values, keys))
+    log_p = jax.vmap(lambda v: density(model, v, *args, **kwargs))(moved)
+    log_q = jax.vmap(lambda v: density(guide, v, *args, **kwargs))(moved)
+    wake = jnp.mean((log_p - lax.stop_gradient(log_p)) + (log_q - lax.stop_gradient(log_q)))
+    return log_mean_exp(log_w) + wake
 
 
 def _dreg_rws(model, guide, num_particles, args, kwargs):
