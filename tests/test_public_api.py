@@ -6,13 +6,14 @@ import pytest
 
 import ppl
 import ppl.dt
+import ppl.mcmc
 import ppl.objectives
 import ppl.reward
 import ppl.validate
 
 PUBLIC = [
     (mod, name)
-    for mod in (ppl, ppl.objectives, ppl.validate, ppl.reward, ppl.dt)
+    for mod in (ppl, ppl.objectives, ppl.validate, ppl.reward, ppl.dt, ppl.mcmc)
     for name in mod.__all__
 ]
 
