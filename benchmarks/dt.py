@@ -2,6 +2,7 @@
 
     python -m benchmarks.dt train [--steps 1500]   # trains DT-2 / DT-5, narrow / wide
     python -m benchmarks.dt bench                  # KL(exact ‖ ·) and wall times -> DT_RESULTS.md
+    python -m benchmarks.dt report                 # rewrite DT_RESULTS.md from dt_results.json
 
 Training writes the networks to models/dt_ig/{meta}_k{K}.eqx (checkpointed and resumable
 under models/dt_ig/ckpt/, which is not shipped). The benchmark evaluates 1000 unseen
@@ -271,16 +272,25 @@ def write_results(res: dict, num: int) -> None:
         "Paper (GPU, 6-layer network): DT-5 KL 0.0004 / 0.0003 in 0.016 s; "
         "SVI 0.0425 / 0.0558 in 148 s.",
         "",
+        "Notes. The issue's goal of DT-5 KL ≤ 0.001 is not reached by these small CPU-trained "
+        "networks (2 blocks, d_model 32, minutes of training vs the paper's 6 layers on a GPU); "
+        "the speed goal (≥ 1000× faster than SVI) is. The SVI and NUTS times include one "
+        "compilation per problem (each problem is a new NumPyro model); a batched SVI that "
+        "compiles once would be faster. SVI uses TraceGraph_ELBO (16 particles, Adam 0.02): a "
+        "GMM guide is not reparameterizable, so its mixture gradients are score-function "
+        "estimates, which limits its accuracy at 2000 steps. Timings on a shared, heavily "
+        "loaded 2-core machine vary by several × between runs.",
+        "",
     ]
     RESULTS.write_text("\n".join(lines))
-    (Path(__file__).resolve().parent / "dt_results.json").write_text(json.dumps(res, indent=1))
+    (NET_DIR / "bench_results.json").write_text(json.dumps(res, indent=1))
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("cmd", choices=["train", "bench"])
+    p.add_argument("cmd", choices=["train", "bench", "report"])
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -291,6 +301,9 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     if a.cmd == "train":
         train_all(a.steps, a.batch, a.lr)
+    elif a.cmd == "report":  # rewrite DT_RESULTS.md from dt_results.json
+        res = json.loads((NET_DIR / "bench_results.json").read_text())
+        write_results(res, a.num)
     else:
         res = bench(a.num, a.svi_n, a.svi_steps, a.nuts_n)
         write_results(res, a.num)

@@ -1,0 +1,50 @@
+"""The shipped inverse-gamma networks (models/dt_ig, trained by `python -m benchmarks.dt train`)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from models import dt_tasks as T
+from ppl.dt import filter
+
+pytestmark = pytest.mark.slow
+
+
+def _load(meta, k):
+    from benchmarks import dt as B
+
+    return B.load_net(meta, k)
+
+
+@pytest.mark.parametrize("meta", ["narrow", "wide"])
+def test_shipped_dt5_is_accurate_on_unseen_problems(meta):
+    problems = T.simulate_problems(jax.random.key(4242), meta, 300)
+    kl = np.asarray(T.dt_kl(_load(meta, 5), problems))
+    assert np.mean(kl) < 0.02, np.mean(kl)
+
+
+def test_feeding_posteriors_back_stays_close_to_the_batch_posterior():
+    """Two batches of 10 through filter vs the exact posterior given all 20 observations."""
+    net = _load("narrow", 5)
+    problems = T.simulate_problems(jax.random.key(77), "narrow", 100)
+    problems = {**problems, "n": jnp.full_like(problems["n"], T.N_MAX)}
+
+    @jax.jit
+    def kls(problems):
+        def one(v):
+            feats = T.obs_features(v).reshape(2, T.N_MAX // 2, -1)
+            post = filter(net, T.prior_params(v), feats)
+            last = jax.tree.map(lambda x: x[-1], post)
+            a, b = T.exact_posterior(v)
+            return T.kl_exact_to(lambda z: last.log_prob(z[:, None]), a, b)
+
+        return jax.vmap(one)(problems)
+
+    seq = np.asarray(kls(problems))
+    batch = np.asarray(T.dt_kl(net, problems))
+    print(
+        f"sequential KL mean {seq.mean():.4f} median {np.median(seq):.4f}; "
+        f"one-shot {batch.mean():.4f}"
+    )
+    assert np.mean(seq) < 0.1
