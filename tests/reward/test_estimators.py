@@ -12,7 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from finite import (
+
+import ppl
+from tests.reward.finite import (
     LOGITS,
     P_REF,
     B,
@@ -28,8 +30,6 @@ from finite import (
     other_proposal,
     softmax,
 )
-
-import ppl
 
 KEY = jax.random.PRNGKey(1)
 N = 3
@@ -157,13 +157,13 @@ def expected_library_estimate(kind, n):
 @pytest.mark.parametrize("kind", ["forward_kl", "js"])
 def test_self_normalized_estimators_are_consistent(kind):
     """The exact expectation of the n-sample estimator tends to the exact divergence
-    gradient, with bias ~ 1/n (measured by enumeration, n = 1 .. 6)."""
+    gradient, with bias ~ 1/n (measured by enumeration, n = 1, 2, 4)."""
     exact = exact_divergence_grad(kind)
     if kind == "forward_kl":
         np.testing.assert_allclose(exact, exact_posterior() - Q, atol=1e-12)
-    bias = [np.abs(expected_library_estimate(kind, n) - exact).max() for n in (1, 2, 3, 6)]
-    assert bias[0] > bias[1] > bias[2] > bias[3]
-    assert 0.3 < bias[3] / bias[2] < 0.7  # ~ 1/n: halves from n = 3 to n = 6
+    bias = [np.abs(expected_library_estimate(kind, n) - exact).max() for n in (1, 2, 4)]
+    assert bias[0] > bias[1] > bias[2]
+    assert 0.3 < bias[2] / bias[1] < 0.7  # ~ 1/n: halves from n = 2 to n = 4
 
 
 def test_posterior_is_a_fixed_point_of_brain_but_not_of_dpg_or_gdcpp():

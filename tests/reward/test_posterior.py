@@ -6,10 +6,21 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
-from finite import BETA, P_REF, PROMPTS, TARGET, B, R, V, exact_posterior, reference, reward
 from numpyro.infer.util import log_density
 
 import ppl
+from tests.reward.finite import (
+    BETA,
+    P_REF,
+    PROMPTS,
+    TARGET,
+    B,
+    R,
+    V,
+    exact_posterior,
+    reference,
+    reward,
+)
 
 
 def test_log_density_is_reference_plus_tempered_reward():
@@ -94,15 +105,3 @@ def test_reference_must_return_the_response():
     model = ppl.reward.posterior(lambda p: None, reward)
     with pytest.raises(ValueError, match="returned None"):
         model(PROMPTS)
-
-
-def test_metrics_in_svi_state():
-    import optax
-    from numpyro.infer import SVI
-
-    svi = SVI(TARGET, _guide, optax.adam(0.05), loss=ppl.objectives.brain(8))
-    state = svi.init(jax.random.PRNGKey(0), PROMPTS)
-    assert set(state.mutable_state["reward_metrics"]) == {"d_sn", "ess", "reward", "divergence"}
-    state, _ = svi.update(state, PROMPTS)
-    m = state.mutable_state["reward_metrics"]
-    assert 1.0 <= float(m["ess"]) <= 8.0 and float(m["d_sn"]) >= 0.0

@@ -20,15 +20,22 @@ PROMPTS = jnp.array([[0, 1], [2, 2]])
 
 def test_scan_program_distribution_and_teacher_forcing_agree():
     ys = jnp.array([[0, 2, 1], [1, 1, 0]])
-    tf = ppl.reward.teacher_forced_log_prob(NET, PROMPTS, ys)
     one_site = ppl.reward.sequence_policy(NET, LENGTH, param=None)
     scanned = ppl.reward.sequence_policy(NET, LENGTH, param=None, per_position=True)
-    np.testing.assert_allclose(program_log_prob(one_site, {"y": ys}, (2,), PROMPTS), tf, rtol=1e-5)
-    np.testing.assert_allclose(program_log_prob(scanned, {"y": ys.T}, (2,), PROMPTS), tf, rtol=1e-5)
+    tf, a, b = jax.jit(
+        lambda ys: (
+            ppl.reward.teacher_forced_log_prob(NET, PROMPTS, ys),
+            program_log_prob(one_site, {"y": ys}, (2,), PROMPTS),
+            program_log_prob(scanned, {"y": ys.T}, (2,), PROMPTS),
+        )
+    )(ys)
+    np.testing.assert_allclose(a, tf, rtol=1e-5)
+    np.testing.assert_allclose(b, tf, rtol=1e-5)
     tr = trace(seed(scanned, 0)).get_trace(PROMPTS)
     assert tr["y"]["value"].shape == (LENGTH, 2)  # one Categorical per position (scan)
 
 
+@pytest.mark.slow
 def test_sampling_matches_teacher_forced_probabilities():
     """Frequencies of the 27 responses over 6000 draws of the scan program vs exp(log π),
     within 4.5 binomial standard errors (Bonferroni-ish for 54 cells)."""
@@ -73,3 +80,19 @@ def test_brain_trains_a_transformer_policy_towards_the_posterior():
     result = svi.run(jax.random.PRNGKey(0), 100, PROMPTS, progress_bar=False)
     init = svi.get_params(svi.init(jax.random.PRNGKey(0), PROMPTS))
     assert kl(result.params) < 0.5 * kl(init), (kl(init), kl(result.params))
+
+
+@pytest.mark.slow
+def test_objectives_accept_the_scan_program():
+    """Reference and policy as per-position scan programs (site values (L, B)): the BRAIn
+    loss is D_SN summed over prompts, and the metrics are filled in."""
+    reference = ppl.reward.sequence_policy(NET, LENGTH, param=None, per_position=True)
+    policy = ppl.reward.sequence_policy(NET, LENGTH, param="policy", per_position=True)
+    reward = lambda y, prompts: jnp.sum(y == 2, axis=-1).astype(float)
+    target = ppl.reward.posterior(reference, reward)
+    svi = SVI(target, policy, optax.adam(1e-3), loss=ppl.objectives.brain(4))
+    state = svi.init(jax.random.PRNGKey(0), PROMPTS)
+    state, loss = svi.update(state, PROMPTS)
+    metrics = state.mutable_state["reward_metrics"]
+    np.testing.assert_allclose(loss, 2 * metrics["d_sn"], rtol=1e-5)
+    assert 1.0 <= float(metrics["ess"]) <= 4.0

@@ -7,10 +7,10 @@ import numpyro
 import numpyro.distributions as dist
 import optax
 import pytest
-from finite import PROMPTS, TARGET, B, V, exact_posterior, guide, softmax
 from numpyro.infer import SVI
 
 import ppl
+from tests.reward.finite import PROMPTS, TARGET, B, V, exact_posterior, guide, softmax
 
 KEY = jax.random.PRNGKey(0)
 POST = exact_posterior()
@@ -30,8 +30,10 @@ def train(loss, steps=600, lr=0.05, g=guide):
 def test_brain_from_the_reference_reaches_the_posterior():
     result = train(ppl.objectives.brain(8))
     assert kl_to_posterior(result.params["logits"]) < 0.01
-    metrics = result.state.mutable_state["reward_metrics"]
+    metrics = result.state.mutable_state["reward_metrics"]  # written by the loss every step
+    assert set(metrics) == {"d_sn", "ess", "reward", "divergence"}
     assert float(metrics["d_sn"]) < 0.05  # self-normalized KL at the last step
+    assert 1.0 <= float(metrics["ess"]) <= 8.0
 
 
 def test_brain_with_a_refreshed_snapshot_proposal():
