@@ -115,8 +115,8 @@ def test_low_dim_gauss_mix_hmc():
     (unit sigmas, mu = ∓1, theta = ½), not at the reference values."""
     data, ref = posteriordb("low_dim_gauss_mix-low_dim_gauss_mix")
     start = {"mu": jnp.array([-1.0, 1.0]), "sigma": jnp.ones(2), "theta": 0.5}
-    kernel = mcmc.HMC(gauss_mix, num_steps=6, init_strategy=init_to_value(values=start))
-    samples = run(kernel, jnp.array(data["y"]), num_warmup=500, num_samples=1000)
+    kernel = mcmc.HMC(gauss_mix, num_steps=4, init_strategy=init_to_value(values=start))
+    samples = run(kernel, jnp.array(data["y"]), num_warmup=400, num_samples=800)
     assert_close(compare(samples, ref))
 
 
