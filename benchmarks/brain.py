@@ -15,6 +15,7 @@ scanned training loop) is separate from run time. Writes ``benchmarks/BRAIN_RESU
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 import time
@@ -111,7 +112,9 @@ def write(task, summary, ref, rows, steps, seeds, lr, build_s, quick):
     versions = (
         f"Python {sys.version.split()[0]}, jax {jax.__version__}, numpyro "
         f"{numpyro.__version__}, ppl {ppl.__version__}; {platform.platform()}, "
-        f"{platform.processor() or platform.machine()}, devices {jax.devices()}"
+        f"{platform.processor() or platform.machine()}, devices {jax.devices()}; "
+        f"{os.cpu_count()} CPUs, load average at the end {os.getloadavg()[0]:.1f} "
+        f"(timings on a shared machine are inflated when it exceeds the CPU count)"
     )
     lines = [
         "# BRAIn benchmark: distilling an exact reward posterior into a policy",
