@@ -1,8 +1,8 @@
 """Distribution transformer on the inverse-gamma variance task vs NumPyro SVI and NUTS.
 
-    python -m benchmarks.dt train [--steps 1500]   # trains DT-2 / DT-5, narrow / wide
+    python -m benchmarks.dt train [--steps 6000]   # trains DT-2 / DT-5, narrow / wide
     python -m benchmarks.dt bench                  # KL(exact ‖ ·) and wall times -> DT_RESULTS.md
-    python -m benchmarks.dt report                 # rewrite DT_RESULTS.md from dt_results.json
+    python -m benchmarks.dt report                 # DT_RESULTS.md from models/dt_ig/*.json
 
 Training writes the networks to models/dt_ig/{meta}_k{K}.eqx (checkpointed and resumable
 under models/dt_ig/ckpt/, which is not shipped). The benchmark evaluates 1000 unseen
@@ -291,7 +291,7 @@ def main(argv=None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("cmd", choices=["train", "bench", "report"])
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--num", type=int, default=1000)
@@ -301,7 +301,7 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     if a.cmd == "train":
         train_all(a.steps, a.batch, a.lr)
-    elif a.cmd == "report":  # rewrite DT_RESULTS.md from dt_results.json
+    elif a.cmd == "report":  # rewrite DT_RESULTS.md from models/dt_ig/bench_results.json
         res = json.loads((NET_DIR / "bench_results.json").read_text())
         write_results(res, a.num)
     else:

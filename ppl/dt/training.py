@@ -150,6 +150,41 @@ def dt_optimizer(total_steps: int, learning_rate: float = 1e-3) -> optax.Gradien
     return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=1e-4))
 
 
+_CHUNKS: list = []  # [(key objects, jitted chunk)], most recent last; compared by identity
+
+
+def _chunk_fn(objective, optimizer, static, args, kwargs):
+    """The jitted ``n``-step scan; reused (no recompilation) when ``train`` is called again
+    with the same objective and optimizer objects, an equal network skeleton and no args."""
+    leaves, treedef = jax.tree.flatten(static)
+    ident = (objective, optimizer, *leaves)
+    cacheable = not args and not kwargs
+    if cacheable:
+        for key, fn, td in _CHUNKS:
+            if td == treedef and len(key) == len(ident):
+                if all(
+                    a is b or (type(a) in (int, float, bool, str) and a == b)
+                    for a, b in zip(key, ident, strict=True)
+                ):
+                    return fn
+
+    def loss_fn(p, k):
+        return objective.loss(eqx.combine(p, static), k, *args, **kwargs)
+
+    def body(carry, _):
+        p, opt_state, k = carry
+        k, sub = jax.random.split(k)
+        loss, grads = jax.value_and_grad(loss_fn)(p, sub)
+        updates, opt_state = optimizer.update(grads, opt_state, p)
+        return (optax.apply_updates(p, updates), opt_state, k), loss
+
+    fn = jax.jit(lambda s, n: lax.scan(body, s, None, length=n), static_argnums=1)
+    if cacheable:
+        _CHUNKS.append((ident, fn, treedef))
+        del _CHUNKS[:-4]
+    return fn
+
+
 class TrainResult(NamedTuple):
     """A trained network, the optimizer state, the RNG key to continue from, and per-step losses."""
 
@@ -195,17 +230,7 @@ def train(
         if step > num_steps:
             raise CheckpointError(f"{checkpoint} is at step {step}, past num_steps={num_steps}")
 
-    def loss_fn(p, k):
-        return objective.loss(eqx.combine(p, static), k, *args, **kwargs)
-
-    def body(carry, _):
-        p, opt_state, k = carry
-        k, sub = jax.random.split(k)
-        loss, grads = jax.value_and_grad(loss_fn)(p, sub)
-        updates, opt_state = optimizer.update(grads, opt_state, p)
-        return (optax.apply_updates(p, updates), opt_state, k), loss
-
-    chunk = jax.jit(lambda s, n: lax.scan(body, s, None, length=n), static_argnums=1)
+    chunk = _chunk_fn(objective, optimizer, static, args, kwargs)
     bar = None
     if progress:
         from tqdm.auto import tqdm
