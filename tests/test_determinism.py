@@ -18,6 +18,7 @@ import pytest
 import ppl
 from models.coin import DATA
 from models.coin import model as coin_model
+from tests.reward import finite
 
 ROOT = Path(__file__).resolve().parents[1]
 X = 1.3
@@ -63,13 +64,23 @@ GAUSSIAN = {
     "hvi": (obj.hvi(["z"], reverse), hguide),
     "iwhvi": (obj.iwhvi(["z"], reverse, 3), hguide),
     "diwhvi": (obj.diwhvi(["z"], reverse, 3, 3), hguide),
+    "annealed": (obj.annealed(3, 0.05), gguide),
 }
 DISCRETE = {
     f"{name}_{strategy}": (objective, strategy)
     for name, objective in (("elbo", obj.elbo()), ("iwae", obj.iwae(3)), ("vimco", obj.vimco(3)))
     for strategy in ("reinforce", "enum", "mvd")
 }
-CASES = sorted(GAUSSIAN) + sorted(DISCRETE)
+REWARD = {
+    "brain": obj.brain(4),
+    "dpg": obj.dpg(4),
+    "gdcpp": obj.gdcpp(4),
+    "fdiv_js": obj.fdiv("js", 4),
+    "fdiv_alpha": obj.fdiv("alpha", 4, alpha=0.3),
+    "ppo": obj.ppo(4),
+    "dpo": obj.dpo(1.0, 2),
+}
+CASES = sorted(GAUSSIAN) + sorted(DISCRETE) + sorted(REWARD)
 
 
 def value_and_grad_fn(name):
@@ -80,6 +91,13 @@ def value_and_grad_fn(name):
 
         def f(key, params):
             return loss.loss(key, params, gmodel, guide, data=X)
+
+    elif name in REWARD:
+        loss = REWARD[name]
+        params = {"logits": jnp.asarray(finite.LOGITS)}
+
+        def f(key, params):
+            return loss.loss(key, params, finite.TARGET, finite.guide, finite.PROMPTS)
 
     else:
         loss, strategy = DISCRETE[name]
