@@ -110,7 +110,7 @@ def make_network(num_components: int, key, d_model: int = 64, num_layers: int = 
     )
 
 
-def objective(meta: str, num_problems: int = 64, consistency: float = 1.0):
+def objective(meta: str, num_problems: int = 64, consistency: float = 1.0, sequential=0.0):
     """Amortized forward KL on the task's simulator (latent 'var' through the log bijection)."""
     from ppl.dt import amortized_forward_kl
 
@@ -123,6 +123,7 @@ def objective(meta: str, num_problems: int = 64, consistency: float = 1.0):
         transform="log",
         consistency=consistency,
         num_problems=num_problems,
+        sequential=sequential,
     )
 
 

@@ -47,6 +47,7 @@ class AmortizedForwardKL(eqx.Module):
     transform: Any = eqx.field(static=True)
     consistency: float = eqx.field(static=True)
     num_problems: int = eqx.field(static=True)
+    sequential: float = eqx.field(static=True, default=0.0)
 
     def simulate(self, key, *args, **kwargs) -> dict:
         """``num_problems`` independent runs of the simulator: {site: values stacked on axis 0}."""
@@ -74,6 +75,11 @@ class AmortizedForwardKL(eqx.Module):
             data = data.reshape(data.shape[0], -1)
             mask = None if self.mask is None else self.mask(v)
             out = {"posterior": log_q(net(prior, data, mask), theta)}
+            if self.sequential:
+                valid = jnp.ones(data.shape[:1], bool) if mask is None else jnp.asarray(mask)
+                first = valid & (jnp.cumsum(valid) <= valid.sum() // 2)
+                middle = net(prior, data, first)  # posterior after the first half, as prior
+                out["sequential"] = log_q(net(middle, data, valid & ~first), theta)
             if self.consistency:
                 empty = jnp.zeros((data.shape[0],), bool)
                 out["consistency"] = log_q(net(prior, data, empty), theta)
@@ -90,6 +96,8 @@ class AmortizedForwardKL(eqx.Module):
         for name in ("consistency", "prior"):
             if name in terms:
                 total = total + self.consistency * terms[name].mean()
+        if "sequential" in terms:
+            total = total + self.sequential * terms["sequential"].mean()
         return total
 
     def loss(self, net: DistributionTransformer, key, *args, **kwargs) -> jax.Array:
@@ -107,6 +115,7 @@ def amortized_forward_kl(
     transform=None,
     consistency: float = 1.0,
     num_problems: int = 64,
+    sequential: float = 0.0,
 ) -> AmortizedForwardKL:
     """Amortized forward KL: max E_{φ, θ, z}[log q(θ | φ, z)] = −E KL(p(θ | φ, z) ‖ q) + const.
 
@@ -117,12 +126,16 @@ def amortized_forward_kl(
     ``mask`` an optional (N,) bool array of valid observations. θ is scored through
     ``transform`` (as in :func:`ppl.dt.constrained`, log-Jacobian included). The
     prior-consistency term, weighted by ``consistency``, scores θ under dt(prior, no data)
-    (and under an encoded prior itself), so posteriors can be fed back as priors.
+    (and under an encoded prior itself). ``sequential`` > 0 adds, with that weight, θ
+    scored under dt(dt(prior, first half of the data), second half): it trains the network
+    on its own posteriors as priors, which :func:`filter` needs.
     """
     if not isinstance(num_problems, int) or num_problems < 1:
         raise ValueError(f"num_problems must be a positive int, got {num_problems!r}")
-    if consistency < 0:
-        raise ValueError(f"consistency must be >= 0, got {consistency}")
+    if consistency < 0 or sequential < 0:
+        raise ValueError(
+            f"consistency and sequential must be >= 0, got {consistency}, {sequential}"
+        )
     return AmortizedForwardKL(
         simulator,
         _getter(latent, "latent"),
@@ -132,6 +145,7 @@ def amortized_forward_kl(
         as_transform(transform) if transform is not None else _identity(),
         float(consistency),
         num_problems,
+        float(sequential),
     )
 
 

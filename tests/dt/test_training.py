@@ -29,12 +29,17 @@ def _gmm_prior2(v):
     return GMM(jnp.log(jnp.array([0.5, 0.5])), means, jnp.ones((2, 1, 1)))
 
 
-def test_value_at_init_is_the_prior_log_density_twice():
+def test_value_at_init_is_the_weighted_prior_log_density():
     net = DistributionTransformer(
         1, 1, 1, key=jax.random.key(0), d_model=8, num_layers=1, num_heads=2
     )
     obj = amortized_forward_kl(
-        gmm_prior_simulator, latent="theta", data="x", prior=_gmm_prior, num_problems=16
+        gmm_prior_simulator,
+        latent="theta",
+        data="x",
+        prior=_gmm_prior,
+        num_problems=16,
+        sequential=0.5,
     )
     key = jax.random.key(1)
 
@@ -44,11 +49,12 @@ def test_value_at_init_is_the_prior_log_density_twice():
         return sims, obj.terms(net, sims), obj.value(net, key)
 
     sims, terms, value = run(net)
-    assert set(terms) == {"posterior", "consistency"}  # no encoder, no prior term
+    assert set(terms) == {"posterior", "consistency", "sequential"}  # no encoder: no prior term
     expected = dist.Normal(sims["m"], 1.0).log_prob(sims["theta"])
     np.testing.assert_allclose(terms["posterior"], expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(terms["consistency"], expected, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(value, 2 * expected.mean(), rtol=1e-5)
+    np.testing.assert_allclose(terms["sequential"], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(value, 2.5 * expected.mean(), rtol=1e-5)
 
 
 def _tiny(k=2, seed=0):
