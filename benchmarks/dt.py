@@ -2,6 +2,7 @@
 
     python -m benchmarks.dt train [--steps 6000]   # trains DT-2 / DT-5, narrow / wide
     python -m benchmarks.dt bench                  # KL(exact ‖ ·) and wall times -> DT_RESULTS.md
+    python -m benchmarks.dt sequential             # filter vs one-shot (needs train-seq)
     python -m benchmarks.dt report                 # DT_RESULTS.md from models/dt_ig/*.json
 
 Training writes the networks to models/dt_ig/{meta}_k{K}.eqx (checkpointed and resumable
@@ -230,6 +231,34 @@ def bench(num: int, svi_n: int, svi_steps: int, nuts_n: int) -> dict:
     return out
 
 
+def bench_sequential(num: int) -> dict:
+    """KL(exact | all 20 obs ‖ q) for q = filter over 2 batches of 10 vs one-shot, DT-5 narrow."""
+    problems = T.simulate_problems(jax.random.key(20_000), "narrow", num)
+    problems = {**problems, "n": jnp.full_like(problems["n"], T.N_MAX)}
+    out = {}
+    for name, suffix in (("dt5", ""), ("dt5_seq", "_seq")):
+        net = eqx.tree_deserialise_leaves(NET_DIR / f"narrow_k5{suffix}.eqx", skeleton(5))
+
+        @eqx.filter_jit
+        def kls(net, problems):
+            def one(v):
+                feats = T.obs_features(v).reshape(2, T.N_MAX // 2, -1)
+                last = jax.tree.map(lambda x: x[-1], dt.filter(net, T.prior_params(v), feats))
+                a, b = T.exact_posterior(v)
+                return T.kl_exact_to(lambda z: last.log_prob(z[:, None]), a, b)
+
+            return jax.vmap(one)(problems)
+
+        seq = np.asarray(kls(net, problems))
+        shot = np.asarray(T.dt_kl(net, problems))
+        out[name] = {
+            "filter_kl_mean": float(seq.mean()),
+            "filter_kl_median": float(np.median(seq)),
+            "one_shot_kl_mean": float(shot.mean()),
+        }
+    return out
+
+
 def write_results(res: dict, num: int) -> None:
     import numpyro
     import optax
@@ -256,6 +285,7 @@ def write_results(res: dict, num: int) -> None:
         "| compile+first (s) |",
         "|---|---|---|---|---|---|",
     ]
+    seq = res.pop("sequential", None)
     for meta, row in res.items():
         for k in (2, 5):
             r = row[f"dt{k}"]
@@ -279,6 +309,23 @@ def write_results(res: dict, num: int) -> None:
             f"- {meta}: {row['svi']['seconds_per_1000'] / t:,.0f}× vs SVI, "
             f"{row['nuts']['seconds_per_1000'] / t:,.0f}× vs NUTS"
         )
+    if seq is not None:
+        lines += [
+            "",
+            "Sequential inference (`dt.filter`), narrow meta-prior, n = 20 observations fed as two "
+            "batches of 10 (the first posterior is the second prior), KL to the exact posterior "
+            "given all 20:",
+            "",
+            "| network | filter KL mean | filter KL median | one-shot KL mean |",
+            "|---|---|---|---|",
+        ]
+        for name, label in (("dt5", "DT-5"), ("dt5_seq", "DT-5 trained with `sequential=1`")):
+            r = seq[name]
+            lines.append(
+                f"| {label} | {r['filter_kl_mean']:.4f} | {r['filter_kl_median']:.4f} | "
+                f"{r['one_shot_kl_mean']:.4f} |"
+            )
+        res = {**res, "sequential": seq}
     lines += [
         "",
         "Training (CPU, this machine): "
@@ -310,7 +357,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("cmd", choices=["train", "train-seq", "bench", "report"])
+    p.add_argument("cmd", choices=["train", "train-seq", "bench", "sequential", "report"])
     p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -323,8 +370,10 @@ def main(argv=None) -> None:
         train_all(a.steps, a.batch, a.lr)
     elif a.cmd == "train-seq":
         train_sequential(a.steps, a.batch, a.lr)
-    elif a.cmd == "report":  # rewrite DT_RESULTS.md from models/dt_ig/bench_results.json
+    elif a.cmd in ("report", "sequential"):  # rewrite DT_RESULTS.md from the stored JSON
         res = json.loads((NET_DIR / "bench_results.json").read_text())
+        if a.cmd == "sequential":
+            res["sequential"] = bench_sequential(a.num)
         write_results(res, a.num)
     else:
         res = bench(a.num, a.svi_n, a.svi_steps, a.nuts_n)
