@@ -9,10 +9,17 @@ import pytest
 from numpyro.handlers import seed
 
 import ppl
+import ppl.dt as dt
 from models.coin import DATA, model
+from tests.reward import finite
 
 KEY = jax.random.PRNGKey(0)
 obj = ppl.objectives
+MEANS, SCALES = jnp.array([[0.0], [2.0]]), jnp.array([[[1.0]], [[0.5]]])
+
+
+def posterior(reward):
+    return ppl.reward.posterior(finite.reference, reward, beta=0.7, response_ndim=0)
 
 
 def guide(data):
@@ -236,6 +243,61 @@ CATALOGUE = {
         lambda: ppl.validate.check_unbiased(lambda k: jnp.ones(3), jnp.ones(3), KEY, 1),
         ValueError,
         "num_samples must be an int >= 2",
+    ),
+    # distribution transformers: invalid GMMs
+    "GMM weights not normalized": (
+        lambda: dt.GMM(jnp.log(jnp.array([0.5, 0.6])), MEANS, SCALES),
+        ValueError,
+        "weights are not normalized",
+    ),
+    "GMM NaN weights": (
+        lambda: dt.GMM(jnp.array([jnp.nan, 0.0]), MEANS, SCALES),
+        ValueError,
+        "log_weights contain NaN",
+    ),
+    "GMM negative scale diagonal": (
+        lambda: dt.GMM(jnp.log(jnp.array([0.5, 0.5])), MEANS, -SCALES),
+        ValueError,
+        "scale_tril must have a positive diagonal",
+    ),
+    "GMM components disagree": (
+        lambda: dt.GMM(jnp.log(jnp.array([0.5, 0.5])), jnp.zeros((3, 1)), SCALES),
+        ValueError,
+        r"log_weights has shape \(2,\), expected \(3,\)",
+    ),
+    # reward posteriors and their objectives
+    "reward of the wrong shape": (
+        lambda: seed(posterior(lambda y, p: jnp.ones(7)), 0)(finite.PROMPTS),
+        ValueError,
+        r"reward returned shape \(7,\), expected \(2,\)",
+    ),
+    "NaN rewards": (
+        lambda: seed(posterior(lambda y, p: jnp.full(y.shape, jnp.nan)), 0)(finite.PROMPTS),
+        ValueError,
+        "reward is NaN for 2 of 2 responses",
+    ),
+    "reward beta <= 0": (
+        lambda: ppl.reward.posterior(finite.reference, finite.reward, beta=0.0),
+        ValueError,
+        "beta must be > 0",
+    ),
+    "unknown reward likelihood": (
+        lambda: ppl.reward.posterior(finite.reference, finite.reward, likelihood="softmax"),
+        ValueError,
+        "unknown likelihood 'softmax'",
+    ),
+    "brain n = 0": (lambda: obj.brain(0), ValueError, "brain: num_samples must be an int >= 1"),
+    "unknown f-divergence": (lambda: obj.fdiv("hellinger2"), ValueError, "unknown f 'hellinger2'"),
+    # MCMC combinators
+    "repeat n = 0": (
+        lambda: ppl.mcmc.repeat(ppl.mcmc.mala(lambda x: -(x**2), 0.1), 0),
+        ValueError,
+        "repeat needs n >= 1",
+    ),
+    "mixture probs mismatch": (
+        lambda: ppl.mcmc.mixture([ppl.mcmc.mala(lambda x: -(x**2), 0.1)], jnp.array([0.5, 0.5])),
+        ValueError,
+        r"1 kernels but probs of shape \(2,\)",
     ),
     "checkpoint every = 0": (
         lambda: ppl.resumable_run(None, KEY, 10, checkpoint="unused", every=0),
