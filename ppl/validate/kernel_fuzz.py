@@ -5,7 +5,8 @@ reversible).
 A model is a random Bayesian network of Categorical sites (scalar, or a vector of
 conditionally independent elements) written as a NumPyro program; its log density comes
 from ``numpyro.infer.util.log_density``. A kernel is a random tree of leaves (single-site
-Metropolis–Hastings with uniform, local or independence proposals; enumerated Gibbs over
+Metropolis–Hastings with uniform, local or independence proposals; an involutive ±1
+shift on a ring with a Bernoulli auxiliary; enumerated Gibbs over
 a subset of sites, directly or through ``block``) and combinators (``cycle``, ``mixture``,
 ``repeat``). Both print as readable source, so a failing case shrunk by hypothesis reads
 as a reproducer.
@@ -139,7 +140,7 @@ class KernelSpec:
     def reversible(self) -> bool:
         """Whether detailed balance must hold: MH leaves and single-scalar-site Gibbs are
         reversible; mixtures and powers of reversible kernels are; cycles are not."""
-        if self.kind in ("mh_uniform", "mh_local", "independence"):
+        if self.kind in ("mh_uniform", "mh_local", "independence", "involutive_shift"):
             return True
         if self.kind in ("gibbs", "block_gibbs"):
             return self.args[1]
@@ -155,6 +156,8 @@ class KernelSpec:
         sites = {s.name: s for s in model.sites}
         if self.kind in ("mh_uniform", "mh_local", "independence"):
             return 2 * sites[self.args[0]].size
+        if self.kind == "involutive_shift":
+            return 4
         if self.kind in ("gibbs", "block_gibbs"):
             return int(np.prod([sites[n].size ** max(sites[n].length, 1) for n in self.args[0]]))
         counts = [c.num_outcomes(model) for c in self.children]
@@ -170,6 +173,16 @@ class KernelSpec:
         if self.kind in ("mh_uniform", "mh_local", "independence"):
             site = self.args[0]
             return mcmc.block(lambda ld: mcmc.mh(ld, _proposal(self, sizes[site])), logp, site)
+        if self.kind == "involutive_shift":
+            site, p = self.args
+            k = sizes[site]
+            return mcmc.block(
+                lambda ld: mcmc.involutive(
+                    ld, lambda x: dist.Bernoulli(p), lambda x, v: ((x + 2 * v - 1) % k, 1 - v)
+                ),
+                logp,
+                site,
+            )
         if self.kind == "gibbs":
             return mcmc.enum_gibbs(logp, {s: jnp.arange(sizes[s]) for s in self.args[0]})
         if self.kind == "block_gibbs":
@@ -198,6 +211,11 @@ class KernelSpec:
             else:
                 prop = f"dist.Categorical(probs=jnp.array({list(self.args[1])}))"
             return f"block(lambda ld: mh(ld, lambda x: {prop}), logp, {site!r})"
+        if self.kind == "involutive_shift":
+            site, p = self.args
+            inv = f"lambda x, v: ((x + 2 * v - 1) % {sizes[site]}, 1 - v)"
+            kernel = f"involutive(ld, lambda x: dist.Bernoulli({p}), {inv})"
+            return f"block(lambda ld: {kernel}, logp, {site!r})"
         if self.kind in ("gibbs", "block_gibbs"):
             sup = "{" + ", ".join(f"{s!r}: jnp.arange({sizes[s]})" for s in self.args[0]) + "}"
             if self.kind == "gibbs":
@@ -328,6 +346,9 @@ def _leaves(model: DiscreteModel):
         site = st.sampled_from(scalars)
         options += [
             site.map(lambda s: KernelSpec("mh_uniform", (s.name,))),
+            st.tuples(site, st.sampled_from([0.2, 0.5, 0.7])).map(
+                lambda t: KernelSpec("involutive_shift", (t[0].name, t[1]))
+            ),
             st.tuples(site, st.sampled_from([0.5, 1.0, 2.0])).map(
                 lambda t: KernelSpec("mh_local", (t[0].name, t[1]))
             ),
