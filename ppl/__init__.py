@@ -7,6 +7,7 @@ derivatives), usable as NumPyro ``SVI`` losses.
 
 from . import dt, mcmc, objectives, validate
 from . import reward
+from . import sharding  # noqa: F401
 from .core import (
     MVD,
     Enum,
