@@ -11,10 +11,13 @@ from ppl.dt import filter
 pytestmark = pytest.mark.slow
 
 
-def _load(meta, k):
+def _load(meta, k, suffix=""):
+    import equinox as eqx
+
     from benchmarks import dt as B
 
-    return B.load_net(meta, k)
+    path = B.NET_DIR / f"{meta}_k{k}{suffix}.eqx"
+    return eqx.tree_deserialise_leaves(path, B.skeleton(k))
 
 
 @pytest.mark.parametrize("meta", ["narrow", "wide"])
@@ -25,8 +28,12 @@ def test_shipped_dt5_is_accurate_on_unseen_problems(meta):
 
 
 def test_feeding_posteriors_back_stays_close_to_the_batch_posterior():
-    """Two batches of 10 through filter vs the exact posterior given all 20 observations."""
-    net = _load("narrow", 5)
+    """Two batches of 10 through filter vs the exact posterior given all 20 observations.
+
+    Uses the network trained with the sequential term (``python -m benchmarks.dt
+    train-seq``); networks trained without it do badly here (mean KL ~0.5 measured).
+    """
+    net = _load("narrow", 5, "_seq")
     problems = T.simulate_problems(jax.random.key(77), "narrow", 100)
     problems = {**problems, "n": jnp.full_like(problems["n"], T.N_MAX)}
 
@@ -47,4 +54,4 @@ def test_feeding_posteriors_back_stays_close_to_the_batch_posterior():
         f"sequential KL mean {seq.mean():.4f} median {np.median(seq):.4f}; "
         f"one-shot {batch.mean():.4f}"
     )
-    assert np.mean(seq) < 0.1
+    assert np.mean(seq) < 0.02
