@@ -204,7 +204,7 @@ class DistributionTransformer(eqx.Module):
         if self.on_symmetric == "error":
             raise ValueError(
                 "the prior's components are identical; a permutation-equivariant network would "
-                "keep them identical. Break the symmetry or use on_symmetric='perturb'"
+                "keep them identical. Break the symmetry, or on_symmetric='warn' perturbs them"
             )
         warnings.warn(
             f"the prior's {prior.num_components} components are identical: a permutation-"
