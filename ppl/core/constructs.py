@@ -13,6 +13,7 @@ from jax import random
 from numpyro.handlers import block, seed, substitute, trace
 from numpyro.primitives import Messenger
 
+from ..sharding import _particle_placement
 from .distributions import log_prob
 from .finite import check_site
 from .runtime import RunState, SiteInfo, apply_strategies, current_run, record_terms
@@ -197,9 +198,14 @@ def particles(fn: Callable, num_particles: int) -> Callable:
             )
         keys = random.split(key, num_particles)
         parent = current_run()
-        if parent is None:
-            return jax.vmap(lambda k: seed(fn, k)(*args, **kwargs))(keys)
-        return _particles_in_run(parent, fn, num_particles, keys, args, kwargs)
+
+        def vectorized(keys):
+            if parent is None:
+                return jax.vmap(lambda k: seed(fn, k)(*args, **kwargs))(keys)
+            return _particles_in_run(parent, fn, num_particles, keys, args, kwargs)
+
+        place = _particle_placement()  # None unless inside ppl.sharding.shard
+        return vectorized(keys) if place is None else place(vectorized, keys)
 
     return run
 
