@@ -5,9 +5,7 @@ sample site (pathwise, REINFORCE with baselines, enumeration, measure-valued
 derivatives), usable as NumPyro ``SVI`` losses.
 """
 
-from . import dt, mcmc, objectives, validate
-from . import reward
-from . import sharding  # noqa: F401
+from . import dt, mcmc, objectives, reward, sharding, validate
 from .core import (
     MVD,
     Enum,
@@ -86,4 +84,6 @@ __all__ = [
     "validate",
     "mcmc",
     "dt",
+    "reward",
+    "sharding",
 ]
