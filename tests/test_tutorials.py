@@ -1,5 +1,8 @@
 """Every notebook in tutorials/ executes top to bottom in fast mode (``PPL_FAST=1``).
 
+The executions carry the ``notebooks`` marker (about 7 CPU-minutes for all six): CI runs
+them in their own step, ``python -m pytest -m notebooks``.
+
 Needs the ``tutorials`` extra (jupyter, nbclient, ipykernel, matplotlib); a missing
 package is an error, not a skip.
 """
@@ -19,6 +22,7 @@ def test_tutorials_exist():
     assert NOTEBOOKS, f"no notebooks in {TUTORIALS}"
 
 
+@pytest.mark.notebooks
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_tutorial_executes(path, monkeypatch):
     monkeypatch.setenv("PPL_FAST", "1")
