@@ -169,6 +169,17 @@ class GMM(eqx.Module):
         m = self.mean()
         return jnp.sum(w * second, -3) - m[..., :, None] * m[..., None, :]
 
+    def marginal(self, dims) -> GMM:
+        """The GMM of the coordinates ``dims`` (an int or a sequence of ints), x_dims.
+
+        A Gaussian mixture's marginal is the mixture of the component marginals: same
+        weights, means μ_k[dims], covariances Σ_k[dims, dims] (re-factored by Cholesky).
+        """
+        idx = np.atleast_1d(np.asarray(dims))
+        cov = self.scale_tril @ jnp.swapaxes(self.scale_tril, -1, -2)
+        sub = cov[..., idx[:, None], idx[None, :]]
+        return GMM(self.log_weights, self.means[..., idx], jnp.linalg.cholesky(sub), validate=False)
+
     def guide(self, site: str, transform=None, scalar: bool | None = None):
         """A NumPyro guide sampling ``site`` from this GMM (through ``transform`` if given).
 
