@@ -161,22 +161,31 @@ def svi_one(v: dict, key, steps: int, k: int = 5):
     )
 
 
-def bench_svi(problems: dict, n: int, steps: int) -> dict:
+def per_problem(problems: dict, n: int, fit) -> dict:
+    """Run ``fit(problem, i) -> log_q`` (log density of the log variance) on the first ``n``
+    problems one after another: KL(exact ‖ q) mean / median and the wall time."""
     kls, t0 = [], time.perf_counter()
     for i in range(n):
         v = jax.tree.map(lambda x, i=i: x[i], problems)
-        g = svi_one(v, jax.random.key(i), steps)
+        log_q = fit(v, i)
         a, b = T.exact_posterior(v)
-        kls.append(float(T.kl_exact_to(lambda z, g=g: g.log_prob(z[:, None]), a, b)))
+        kls.append(float(T.kl_exact_to(log_q, a, b)))
     secs = time.perf_counter() - t0
     return {
         "n": n,
-        "steps": steps,
         "kl_mean": float(np.mean(kls)),
         "kl_median": float(np.median(kls)),
         "seconds": secs,
         "seconds_per_1000": secs / n * 1000,
     }
+
+
+def bench_svi(problems: dict, n: int, steps: int) -> dict:
+    def fit(v, i):
+        g = svi_one(v, jax.random.key(i), steps)
+        return lambda z: g.log_prob(z[:, None])
+
+    return {"steps": steps, **per_problem(problems, n, fit)}
 
 
 def bench_nuts(problems: dict, n: int, warmup: int, samples: int) -> dict:
@@ -185,9 +194,7 @@ def bench_nuts(problems: dict, n: int, warmup: int, samples: int) -> dict:
     import numpyro.distributions as ndist
     from numpyro.infer import MCMC, NUTS
 
-    kls, t0 = [], time.perf_counter()
-    for i in range(n):
-        v = jax.tree.map(lambda x, i=i: x[i], problems)
+    def fit(v, i):
         x, m = v["x"], T.obs_mask(v)
 
         def model(a=v["a"], b=v["b"], x=x, m=m):
@@ -199,24 +206,15 @@ def bench_nuts(problems: dict, n: int, warmup: int, samples: int) -> dict:
         mcmc.run(jax.random.key(i))
         z = jnp.log(mcmc.get_samples()["var"])
         h = 1.06 * jnp.std(z) * z.shape[0] ** -0.2
-        a, b = T.exact_posterior(v)
 
-        def log_kde(g, z=z, h=h):
+        def log_kde(g):
             return jax.nn.logsumexp(-0.5 * ((g[:, None] - z[None]) / h) ** 2, -1) - jnp.log(
                 z.shape[0] * h * jnp.sqrt(2 * jnp.pi)
             )
 
-        kls.append(float(T.kl_exact_to(log_kde, a, b)))
-    secs = time.perf_counter() - t0
-    return {
-        "n": n,
-        "warmup": warmup,
-        "samples": samples,
-        "kl_mean": float(np.mean(kls)),
-        "kl_median": float(np.median(kls)),
-        "seconds": secs,
-        "seconds_per_1000": secs / n * 1000,
-    }
+        return log_kde
+
+    return {"warmup": warmup, "samples": samples, **per_problem(problems, n, fit)}
 
 
 def bench(num: int, svi_n: int, svi_steps: int, nuts_n: int) -> dict:

@@ -15,6 +15,7 @@ from jax import lax
 from numpyro.handlers import seed, trace
 
 from ..infer.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..sharding import constrain
 from .gmm import GMM, as_transform
 from .network import DistributionTransformer
 
@@ -50,13 +51,19 @@ class AmortizedForwardKL(eqx.Module):
     sequential: float = eqx.field(static=True, default=0.0)
 
     def simulate(self, key, *args, **kwargs) -> dict:
-        """``num_problems`` independent runs of the simulator: {site: values stacked on axis 0}."""
+        """``num_problems`` independent runs of the simulator: {site: values stacked on axis 0}.
+
+        Inside a :func:`ppl.sharding.shard` context the problems are split over its
+        ``data`` axis (each device simulates and scores its share; problem ``i`` uses key
+        ``split(key, num_problems)[i]`` whatever the number of devices).
+        """
 
         def one(k):
             tr = trace(seed(self.simulator, k)).get_trace(*args, **kwargs)
             return {n: s["value"] for n, s in tr.items() if s["type"] == "sample"}
 
-        return jax.vmap(one)(jax.random.split(key, self.num_problems))
+        keys = constrain(jax.random.split(key, self.num_problems), "data")
+        return constrain(jax.vmap(one)(keys), "data")
 
     def terms(self, net: DistributionTransformer, values: dict) -> dict:
         """Per problem: log q(θ | prior, data), log q(θ | prior, ∅), log q_prior(θ) if encoded."""
@@ -87,7 +94,7 @@ class AmortizedForwardKL(eqx.Module):
                     out["prior"] = log_q(prior, theta)
             return out
 
-        return jax.vmap(one)(jax.lax.stop_gradient(values))
+        return jax.vmap(one)(constrain(jax.lax.stop_gradient(values), "data"))
 
     def value(self, net: DistributionTransformer, key, *args, **kwargs) -> jax.Array:
         """Monte Carlo estimate of the objective (to maximize) on fresh simulated problems."""

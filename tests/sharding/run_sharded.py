@@ -2,11 +2,13 @@
 
 Usage: ``python tests/sharding/run_sharded.py N OUT.json [SIZES [PARTS]]``, SIZES the
 mesh sizes to run (comma-separated, default N), PARTS a subset of
-``estimates,svi,chains,smc``. Sets
+``estimates,svi,chains,smc,brain,dt``. Sets
 ``--xla_force_host_platform_device_count=N`` before importing jax; every program runs
 inside ``ppl.sharding.shard`` over a mesh of all N devices. Outputs: ELBO and IWAE
 estimates with their gradients, a 50-step SVI trajectory (losses and final parameters),
-MCMC chains and an SMC run, plus partitioning evidence (output shardings, per-device
+MCMC chains, an SMC run, BRAIn over a batch of prompts (loss, gradient, 20 SVI steps),
+distribution-transformer training (loss, gradient, 10 ``ppl.dt.train`` steps) and
+inference on a batch of problems, plus partitioning evidence (output shardings, per-device
 shard shapes, collective counts and ``num_partitions`` in the compiled HLO).
 """
 
@@ -158,6 +160,100 @@ def smc(mesh):
     }
 
 
+B, V = 16, 5  # prompts (divisible by 1, 2 and 8 devices), responses
+PROMPTS = jnp.arange(B)
+P_REF = jax.nn.softmax(jax.random.normal(jax.random.PRNGKey(11), (B, V)))
+REWARD = jax.random.normal(jax.random.PRNGKey(12), (B, V))
+
+
+def _reference(prompts):
+    with numpyro.plate("prompts", prompts.shape[0]):
+        return numpyro.sample("y", dist.Categorical(probs=P_REF[prompts]))
+
+
+def _policy(prompts):
+    logits = numpyro.param("logits", jnp.zeros((B, V)))
+    with numpyro.plate("prompts", prompts.shape[0]):
+        return numpyro.sample("y", dist.Categorical(logits=logits[prompts]))
+
+
+def brain(prompts):
+    """BRAIn(8) on B prompts: loss and gradient at fixed logits, then 20 SVI steps."""
+    target = ppl.reward.posterior(_reference, lambda y, x: REWARD[x, y], 0.7, response_ndim=0)
+    loss = ppl.objectives.brain(8)
+    logits = 0.3 * jax.random.normal(jax.random.PRNGKey(13), (B, V))
+    f = jax.jit(
+        jax.value_and_grad(lambda lg, k, x: loss.loss(k, {"logits": lg}, target, _policy, x))
+    )
+    compiled = f.lower(logits, jax.random.PRNGKey(0), prompts).compile()
+    v, g = compiled(logits, jax.random.PRNGKey(0), prompts)
+    svi = SVI(target, _policy, optax.adam(0.1), loss=loss)
+    state = svi.init(jax.random.PRNGKey(1), prompts)
+    update = jax.jit(svi.update)
+    losses = []
+    for _ in range(20):
+        state, value = update(state, prompts)
+        losses.append(float(value))
+    text = compiled.as_text()
+    return {
+        "loss": float(v),
+        "grad": np.asarray(g).tolist(),
+        "losses": losses,
+        "logits": np.asarray(svi.get_params(state)["logits"]).tolist(),
+        "num_partitions": _num_partitions(text),
+        "collectives": sharding.num_collectives(text),
+    }
+
+
+def _dt_simulator():
+    m = numpyro.sample("m", dist.Normal(0.0, 2.0))
+    theta = numpyro.sample("theta", dist.Normal(m, 1.0))
+    with numpyro.plate("obs", 6):
+        numpyro.sample("x", dist.Normal(theta, 0.5))
+
+
+def _dt_prior(v):
+    means = jnp.stack([v["m"] - 1.0, v["m"] + 1.0])[:, None]
+    return ppl.dt.GMM(jnp.log(jnp.array([0.4, 0.6])), means, jnp.ones((2, 1, 1)))
+
+
+def distribution_transformer():
+    """A small DT: objective value and gradient on 16 simulated problems (split over the
+    data axis inside the context), 10 training steps, inference on 16 problems."""
+    import equinox as eqx
+
+    def net0():
+        return ppl.dt.DistributionTransformer(
+            1, 1, 2, key=jax.random.PRNGKey(0), d_model=16, num_layers=1, num_heads=2
+        )
+
+    obj = ppl.dt.amortized_forward_kl(
+        _dt_simulator, latent="theta", data="x", prior=_dt_prior, num_problems=16
+    )
+    params, static = eqx.partition(net0(), eqx.is_inexact_array)
+    f = jax.jit(jax.value_and_grad(lambda p, k: obj.loss(eqx.combine(p, static), k)))
+    compiled = f.lower(params, jax.random.PRNGKey(2)).compile()
+    v, g = compiled(params, jax.random.PRNGKey(2))
+    res = ppl.dt.train(net0(), obj, jax.random.PRNGKey(3), 10, every=5, learning_rate=1e-2)
+    sims = obj.simulate(jax.random.PRNGKey(4))  # no context inside: plain arrays
+    priors = jax.vmap(_dt_prior)(sims)
+    data = sims["x"][..., None]
+    if sharding.active() is not None:
+        data = sharding.put(data)
+    post = jax.jit(jax.vmap(res.net))(priors, data)
+    text = compiled.as_text()
+    return {
+        "loss": float(v),
+        "grad_norm": float(optax.global_norm(g)),
+        "grad": np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)]).tolist(),
+        "losses": res.losses.tolist(),
+        "posterior_means": np.asarray(post.mean()).ravel().tolist(),
+        "posterior_shards": sorted({tuple(s.data.shape) for s in post.means.addressable_shards}),
+        "num_partitions": _num_partitions(text),
+        "collectives": sharding.num_collectives(text),
+    }
+
+
 def _timed(result, name, fn, *args):
     t0 = time.perf_counter()
     out = fn(*args)
@@ -179,6 +275,10 @@ def run_all(mesh, parts):
             result["chains"] = _timed(result, "chains", chains, mesh)
         if "smc" in parts:
             result["smc"] = _timed(result, "smc", smc, mesh)
+        if "brain" in parts:
+            result["brain"] = _timed(result, "brain", brain, sharding.put(PROMPTS))
+        if "dt" in parts:
+            result["dt"] = _timed(result, "dt", distribution_transformer)
     return result
 
 
@@ -189,6 +289,10 @@ def run_plain(parts):
         result["svi"] = svi_trajectory(DATA)
     if "chains" in parts:
         result["chains"] = chains()
+    if "brain" in parts:
+        result["brain"] = brain(PROMPTS)
+    if "dt" in parts:
+        result["dt"] = distribution_transformer()
     if "estimates" not in parts:
         return result
     for name, obj in {
@@ -208,7 +312,7 @@ def main():
     parts = sys.argv[4].split(",") if len(sys.argv) > 4 else ["estimates", "svi", "chains", "smc"]
     assert len(jax.devices()) == N, jax.devices()
     results = {}
-    if {"estimates", "svi", "chains"} & set(parts):
+    if {"estimates", "svi", "chains", "brain", "dt"} & set(parts):
         results["plain"] = _timed(results, "plain", run_plain, parts)
     for n in sizes:
         results[str(n)] = run_all(sharding.make_mesh(n), parts)

@@ -130,6 +130,30 @@ def test_separate_processes_1_2_8_devices(tmp_path):
         np.testing.assert_allclose(smc["particles"], base["smc"]["particles"], atol=EST_TOL)
 
 
+@pytest.mark.slow
+def test_brain_and_dt_on_one_and_eight_devices_agree_with_plain(tmp_path):
+    """BRAIn over 16 prompts (split over the data axis) and distribution-transformer
+    training on 16 simulated problems per step plus inference on 16 problems, on meshes of
+    1 and 8 simulated devices, against the plain path in the same process."""
+    r = _run(8, tmp_path, "1,8", "brain,dt")
+    ref_b, ref_d = r["plain"]["brain"], r["plain"]["dt"]
+    for n in (1, 8):
+        b, d = r[str(n)]["brain"], r[str(n)]["dt"]
+        np.testing.assert_allclose(b["loss"], ref_b["loss"], rtol=EST_TOL)
+        np.testing.assert_allclose(b["grad"], ref_b["grad"], rtol=EST_TOL, atol=EST_TOL)
+        np.testing.assert_allclose(b["losses"], ref_b["losses"], rtol=SVI_TOL)
+        np.testing.assert_allclose(b["logits"], ref_b["logits"], rtol=SVI_TOL, atol=SVI_TOL)
+        np.testing.assert_allclose(d["loss"], ref_d["loss"], rtol=EST_TOL)
+        np.testing.assert_allclose(d["grad"], ref_d["grad"], rtol=EST_TOL, atol=EST_TOL)
+        np.testing.assert_allclose(d["losses"], ref_d["losses"], rtol=SVI_TOL)
+        np.testing.assert_allclose(d["posterior_means"], ref_d["posterior_means"], rtol=EST_TOL)
+        assert d["posterior_shards"] == [[16 // n, 2, 1]]
+        for part in (b, d):
+            assert part["num_partitions"] == n
+            reduces = part["collectives"]["all-reduce"]
+            assert (reduces > 0) if n > 1 else (reduces == 0), part["collectives"]
+
+
 # ---- in-process checks (one device) ---------------------------------------------
 
 
