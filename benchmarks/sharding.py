@@ -167,6 +167,7 @@ def overhead(k, n, rounds, reps):
         "run sharded ms": 1e3 * med_o,
         "ratio": med_o / med_p,
         "median per-round ratio": statistics.median(ratios),
+        "ratio of minima": min(t_one) / min(t_plain),
         "HLO ops plain/sharded": f"{len(ops_plain)}/{len(ops_one)}",
         "same HLO ops": ops_plain == ops_one,
         "samples": len(t_plain),
@@ -248,7 +249,8 @@ The same program on the plain path (no context) and inside `shard` on a one-devi
 
 {same_text}
 `median per-round ratio` pairs each round's plain and sharded medians, which cancels
-slow drifts in the machine's load.
+slow drifts in the machine's load; `ratio of minima` compares the fastest run of each
+(the least disturbed by other jobs).
 """
     OUT.write_text(text)
     print(text)

@@ -72,7 +72,8 @@ class ModelKernel(MCMCKernel):
     unconstrained space, warm-up adaptation, vectorized chains) lives here. A subclass
     whose ``build`` also takes ``inverse_mass_matrix`` (a diagonal over the flattened
     unconstrained position) sets ``supports_mass_matrix = True`` and gets it adapted
-    when ``adapt_mass_matrix=True``.
+    when ``adapt_mass_matrix=True``; ``adapt_mass_matrix=None`` takes the class's default
+    ``adapts_mass_matrix`` (True for :class:`MALA` and :class:`HMC`).
 
     Example::
 
@@ -83,6 +84,7 @@ class ModelKernel(MCMCKernel):
 
     target_accept_prob: float = 0.8
     supports_mass_matrix: bool = False
+    adapts_mass_matrix: bool = False  # the default of ``adapt_mass_matrix``
 
     def __init__(
         self,
@@ -92,7 +94,7 @@ class ModelKernel(MCMCKernel):
         adapt_step_size: bool = True,
         target_accept_prob: float | None = None,
         init_strategy: Callable = init_to_uniform,
-        adapt_mass_matrix: bool = False,
+        adapt_mass_matrix: bool | None = None,
         inverse_mass_matrix: jax.Array | None = None,
     ):
         if model is not None and potential_fn is not None:
@@ -103,6 +105,8 @@ class ModelKernel(MCMCKernel):
         self._postprocess_fn = None
         self._step_size = step_size
         self._adapt_step_size = adapt_step_size
+        if adapt_mass_matrix is None:
+            adapt_mass_matrix = self.adapts_mass_matrix
         if adapt_mass_matrix and not self.supports_mass_matrix:
             raise ValueError(f"{type(self).__name__} takes no mass matrix to adapt")
         self._adapt_mass_matrix = adapt_mass_matrix
@@ -361,28 +365,7 @@ class MALA(ModelKernel):
 
     target_accept_prob = 0.574
     supports_mass_matrix = True
-
-    def __init__(
-        self,
-        model: Callable | None = None,
-        potential_fn: Callable | None = None,
-        step_size: float = 0.1,
-        adapt_step_size: bool = True,
-        target_accept_prob: float | None = None,
-        init_strategy: Callable = init_to_uniform,
-        adapt_mass_matrix: bool = True,
-        inverse_mass_matrix: jax.Array | None = None,
-    ):
-        super().__init__(
-            model,
-            potential_fn,
-            step_size,
-            adapt_step_size,
-            target_accept_prob,
-            init_strategy,
-            adapt_mass_matrix,
-            inverse_mass_matrix,
-        )
+    adapts_mass_matrix = True
 
     def build(self, logdensity_fn, step_size, inverse_mass_matrix=1.0):
         return mala(logdensity_fn, step_size, inverse_mass_matrix)
@@ -406,6 +389,7 @@ class HMC(ModelKernel):
     """
 
     supports_mass_matrix = True
+    adapts_mass_matrix = True
 
     def __init__(
         self,
@@ -417,7 +401,7 @@ class HMC(ModelKernel):
         adapt_step_size: bool = True,
         target_accept_prob: float | None = None,
         init_strategy: Callable = init_to_uniform,
-        adapt_mass_matrix: bool = True,
+        adapt_mass_matrix: bool | None = None,
         inverse_mass_matrix: jax.Array | None = None,
     ):
         super().__init__(

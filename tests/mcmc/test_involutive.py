@@ -18,6 +18,7 @@ from ppl import mcmc
 from ppl.mcmc.involutive import log_abs_det_jacobian
 from ppl.validate import check_binned_invariance, check_kernel_invariance, check_stationarity
 from tests.mcmc.broken_kernels import scale_move_no_jacobian
+from tests.mcmc.gaussian_target import EXACT, logp, sample
 
 # --- exact: a ±1 move on a ring of 6 states with a state-dependent direction proposal ----
 W = jnp.array([0.05, 0.3, 0.1, 0.25, 0.2, 0.1])
@@ -44,20 +45,6 @@ def test_exact_invariance_on_a_ring():
 
 
 # --- continuous: a multiplicative scale move (Jacobian c^{±d}) -------------------------
-M = jnp.array([1.0, -2.0])
-S = jnp.array([[1.0, 0.6], [0.6, 2.0]])
-L = jnp.linalg.cholesky(S)
-S_INV = jnp.linalg.inv(S)
-EXACT = np.concatenate([M, M**2 + jnp.diag(S)])
-
-
-def logp(x):
-    d = x - M
-    return -0.5 * d @ S_INV @ d
-
-
-def sample(key, n):
-    return M + jax.random.normal(key, (n, 2)) @ L.T
 
 
 def scale_aux(x):

@@ -5,16 +5,15 @@ at each window end) on an anisotropic Gaussian with scales 0.01 … 100."""
 import math
 
 import arviz as az
-import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
-from numpyro.infer import MCMC
 from numpyro.infer.hmc_util import build_adaptation_schedule
 
 from ppl import mcmc
+from tests.mcmc.runs import run_mcmc
 
 SCALES = jnp.array([0.01, 0.1, 1.0, 10.0, 100.0])
 NUM_WARMUP = 1000
@@ -25,15 +24,7 @@ def model():
 
 
 def run(kernel, num_samples=1000, num_warmup=NUM_WARMUP):
-    m = MCMC(
-        kernel,
-        num_warmup=num_warmup,
-        num_samples=num_samples,
-        num_chains=2,
-        chain_method="vectorized",
-        progress_bar=False,
-    )
-    m.run(jax.random.key(0))
+    m = run_mcmc(kernel, num_warmup=num_warmup, num_samples=num_samples)
     draws = np.asarray(m.get_samples(group_by_chain=True)["x"], np.float64)
     ess = np.array([float(az.ess(draws[..., i])) for i in range(len(SCALES))])
     return m, draws, ess

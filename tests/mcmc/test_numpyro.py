@@ -20,22 +20,10 @@ import pytest
 from numpyro.infer import MCMC
 
 from ppl import mcmc
+from tests.mcmc.runs import run_mcmc
 
 N_SIGMA = 4.0
 POSTERIORDB = Path(__file__).parents[2].parent / "shared" / "posteriordb"
-
-
-def run(kernel, *args, num_warmup=500, num_samples=2000, seed=0):
-    m = MCMC(
-        kernel,
-        num_warmup=num_warmup,
-        num_samples=num_samples,
-        num_chains=2,
-        chain_method="vectorized",
-        progress_bar=False,
-    )
-    m.run(jax.random.key(seed), *args)
-    return m
 
 
 def z_scores(draws, mean, sd, ref_mean_se=0.0, ref_sd_se=0.0):
@@ -78,7 +66,7 @@ KERNELS = [
 @pytest.mark.parametrize("name, make", KERNELS, ids=["random_walk", "mala", "hmc"])
 def test_conjugate_posterior(name, make):
     kernel = make()
-    m = run(kernel, Y_POIS, Y_NORM, num_warmup=300, num_samples=1500)
+    m = run_mcmc(kernel, Y_POIS, Y_NORM, num_warmup=300, num_samples=1500)
     samples = m.get_samples(group_by_chain=True)
     assert samples["rate"].shape == (2, 1500)
     assert np.all(samples["rate"] > 0)  # constrained values, not unconstrained ones
@@ -134,7 +122,7 @@ def assert_mixed_posterior(samples):
 
 
 def test_enum_gibbs_mixed_model():
-    m = run(mcmc.EnumGibbs(mixed, inner=mcmc.HMC(num_steps=3)), Y_MIX)
+    m = run_mcmc(mcmc.EnumGibbs(mixed, inner=mcmc.HMC(num_steps=3)), Y_MIX)
     samples = m.get_samples(group_by_chain=True)
     assert_mixed_posterior(samples)
     # ArviZ export, with the log-likelihood group at the sampled discrete values
@@ -152,7 +140,7 @@ def discrete(weights):
 
 def test_enum_gibbs_discrete_model():
     weights = jnp.array([1.5, -1.0, 0.5])
-    samples = run(mcmc.EnumGibbs(discrete), weights, num_warmup=50).get_samples(True)
+    samples = run_mcmc(mcmc.EnumGibbs(discrete), weights, num_warmup=50).get_samples(True)
     joint = np.array(
         [
             [pa * pb * math.exp(float(weights[a]) * b) for b, pb in ((0, 0.7), (1, 0.3))]
@@ -181,7 +169,7 @@ def test_eight_schools_hmc_matches_posteriordb():
     data = json.loads((POSTERIORDB / f"{name}.data.json").read_text())
     ref = json.loads((POSTERIORDB / f"{name}.reference.json").read_text())
     y, sigma = jnp.array(data["y"]), jnp.array(data["sigma"])
-    m = run(mcmc.HMC(eight_schools, num_steps=10), y, sigma, num_warmup=1000, num_samples=2000)
+    m = run_mcmc(mcmc.HMC(eight_schools, num_steps=10), y, sigma, num_warmup=1000, num_samples=2000)
     samples = m.get_samples(group_by_chain=True)
     report = []
     for key, r in ref.items():

@@ -18,17 +18,16 @@ import math
 from pathlib import Path
 
 import arviz as az
-import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
 from numpyro.distributions import constraints
-from numpyro.infer import MCMC
 from numpyro.infer.initialization import init_to_value
 
 from ppl import mcmc
+from tests.mcmc.runs import run_mcmc
 
 N_SIGMA = 4.0
 POSTERIORDB = Path(__file__).parents[2].parent / "shared" / "posteriordb"
@@ -38,15 +37,7 @@ pytestmark = pytest.mark.slow
 
 
 def run(kernel, *args, num_warmup=1000, num_samples=2000, seed=0):
-    m = MCMC(
-        kernel,
-        num_warmup=num_warmup,
-        num_samples=num_samples,
-        num_chains=2,
-        chain_method="vectorized",
-        progress_bar=False,
-    )
-    m.run(jax.random.key(seed), *args)
+    m = run_mcmc(kernel, *args, num_warmup=num_warmup, num_samples=num_samples, seed=seed)
     return m.get_samples(group_by_chain=True)
 
 

@@ -19,21 +19,7 @@ from ppl import mcmc
 from ppl.mcmc.base import GradState, Kernel, mh_accept
 from ppl.validate import check_binned_invariance, check_stationarity
 from tests.mcmc.broken_kernels import ula
-
-M = jnp.array([1.0, -2.0])
-S = jnp.array([[1.0, 0.6], [0.6, 2.0]])
-L = jnp.linalg.cholesky(S)
-S_INV = jnp.linalg.inv(S)
-EXACT = np.concatenate([M, M**2 + jnp.diag(S)])
-
-
-def logp(x):
-    d = x - M
-    return -0.5 * d @ S_INV @ d
-
-
-def sample(key, n):
-    return M + jax.random.normal(key, (n, 2)) @ L.T
+from tests.mcmc.gaussian_target import EXACT, M, logp, sample
 
 
 def logp_dict(x):
