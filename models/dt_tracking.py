@@ -15,12 +15,16 @@ bearing makes it banana-shaped), so a GMM filter and a particle filter are both 
 Everything is a NumPyro program: :func:`series_model` (initial prior → T steps of
 dynamics and measurements) is the evaluation simulator; :func:`training_simulator` draws
 the initial prior from a meta-prior over K-component GMMs (:func:`meta_prior`) and runs a
-short series with randomly dropped readings. The network sees one token per reading
-(:func:`features`: sensor one-hot, range, cos/sin bearing). :class:`FilterForwardKL`
-trains it through :func:`ppl.dt.filter`: the amortized forward KL summed over a rollout,
-so the network is trained on its own predicted posteriors as priors. The baselines are
-a bootstrap particle filter (:func:`particle_filter`, ``lax.scan``, systematic
-resampling) and an EKF that ignores the clutter (:func:`ekf`).
+short series with randomly dropped readings. The data stream has one token per reading
+(:func:`features`: sensor one-hot, range, cos/sin bearing). The network
+(:func:`make_network`) is a :class:`WhitenedDT`: a ``DistributionTransformer`` run in the
+prior's whitened frame on EKF-style innovation features (a first version on raw
+coordinates and raw tokens stayed near the predicted prior: NLL −0.04 vs the PF's −5.5
+after 3600 steps). :class:`FilterForwardKL` trains it through :func:`ppl.dt.filter`: the
+amortized forward KL summed over a rollout, so the network is trained on its own
+predicted posteriors as priors. The baselines are a bootstrap particle filter
+(:func:`particle_filter`, ``lax.scan``, systematic resampling) and an EKF that ignores
+the clutter (:func:`ekf`).
 """
 
 from __future__ import annotations
@@ -225,13 +229,87 @@ def simulate(key, model, num: int, *args) -> dict:
 
 
 # -- network and objective -------------------------------------------------------------------
-def make_network(num_components: int, key, d_model: int = 48, num_layers: int = 3):
-    """The task's network: 4-d state, OBS_DIM token features, GMM priors (no prior encoder)."""
+LOCAL_DIM = 9  # features the inner network sees per reading (see local_features)
+
+
+def local_features(tokens, m, L) -> jax.Array:
+    """Per reading, relative to a prior with mean m and covariance L Lᵀ (EKF quantities):
+    [is_range, is_bearing, ν̃, log(1 + ν̃²)/4, log(s/σ), g/s (4)] with h the sensor's
+    prediction at m, ν = z − h(m) (bearing wrapped), g = Lᵀ∇h(m), s = ‖g‖, σ the sensor
+    noise and ν̃ = ν / √(s² + σ²) clipped to ±10."""
+    is_r = tokens[:, 0]
+    r, b = 5.0 * tokens[:, 2], jnp.arctan2(tokens[:, 4], tokens[:, 3])
+    px, py = m[0], m[1]
+    r2 = px**2 + py**2 + 1e-12
+    rh = jnp.sqrt(r2)
+    grad_r = jnp.array([px / rh, py / rh, 0.0, 0.0])
+    grad_b = jnp.array([-py / r2, px / r2, 0.0, 0.0])
+    nu_r = r - rh
+    nu_b = jnp.angle(jnp.exp(1j * (b - jnp.arctan2(py, px))))
+    sel = is_r[:, None] > 0.5
+    g = jnp.where(sel, L.T @ grad_r, L.T @ grad_b)  # (N, 4)
+    nu = jnp.where(is_r > 0.5, nu_r, nu_b)
+    sigma = jnp.where(is_r > 0.5, SIGMA_R, SIGMA_B)
+    sd = jnp.sqrt(jnp.sum(g**2, -1) + 1e-20)
+    nt = jnp.clip(nu / jnp.sqrt(sd**2 + sigma**2), -10.0, 10.0)
+    return jnp.concatenate(
+        [
+            tokens[:, :2],
+            jnp.stack([nt, 0.25 * jnp.log1p(nt**2), jnp.log(sd / sigma)], -1),
+            g / sd[:, None],
+        ],
+        -1,
+    )
+
+
+class WhitenedDT(eqx.Module):
+    """A distribution transformer run in the prior's whitened frame.
+
+    With the prior's mixture mean m and covariance L Lᵀ, the inner network maps the prior
+    of u = L⁻¹(x − m) and the readings' :func:`local_features` to a GMM posterior of u,
+    mapped back to x (means m + L μ_k, Cholesky factors L L_k). The network therefore
+    sees priors of unit overall scale and EKF-style innovations rather than raw positions,
+    so it only learns the non-Gaussian part of the update (clutter, curvature). It takes
+    the raw tokens of :func:`features` and is called like a ``DistributionTransformer``
+    (so :func:`ppl.dt.filter` runs it); an untrained inner network returns the prior.
+    """
+
+    net: eqx.Module
+    dim: int = eqx.field(static=True, default=4)
+    obs_dim: int = eqx.field(static=True, default=OBS_DIM)
+
+    @property
+    def num_components(self) -> int:
+        return self.net.num_components
+
+    def encode_prior(self, params):
+        return self.net.encode_prior(params)
+
+    def __call__(self, prior, data, mask=None):
+        from ppl.dt import GMM
+
+        m, P = prior.mean(), prior.covariance()
+        L = jnp.linalg.cholesky(0.5 * (P + P.T) + 1e-10 * jnp.eye(4))
+        solve = lambda B: jax.scipy.linalg.solve_triangular(L, B, lower=True)  # noqa: E731
+        u_prior = GMM(
+            prior.log_weights,
+            solve((prior.means - m).T).T,
+            jax.vmap(solve)(prior.scale_tril),
+            validate=False,
+        )
+        post = self.net(u_prior, local_features(jnp.asarray(data), m, L), mask)
+        return GMM(post.log_weights, m + post.means @ L.T, L @ post.scale_tril, validate=False)
+
+
+def make_network(num_components: int, key, d_model: int = 32, num_layers: int = 2):
+    """The task's network: a :class:`WhitenedDT` around a 4-d ``DistributionTransformer``
+    with ``LOCAL_DIM`` token features and GMM priors (no prior encoder)."""
     from ppl.dt import DistributionTransformer
 
-    return DistributionTransformer(
-        4, OBS_DIM, num_components, key=key, d_model=d_model, num_layers=num_layers, num_heads=4
+    inner = DistributionTransformer(
+        4, LOCAL_DIM, num_components, key=key, d_model=d_model, num_layers=num_layers, num_heads=4
     )
+    return WhitenedDT(inner)
 
 
 def dt_filter(net, prior, tokens, mask):
