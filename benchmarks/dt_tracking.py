@@ -48,8 +48,7 @@ def info_path(net_path: Path) -> Path:
 
 def load_net(path: Path = NET_PATH):
     """A trained DT-4 (its architecture from the train_info json beside it)."""
-    info = json.loads(info_path(path).read_text())
-    return eqx.tree_deserialise_leaves(path, skeleton(info["arch"]))
+    return T.load_network(path)
 
 
 def probe_step_seconds(net, obj, calls: int = 5) -> float:
@@ -122,7 +121,7 @@ def train(
     return info
 
 
-def _timed(fn, *args, repeats: int = 3) -> tuple:
+def _timed(fn, *args, repeats: int = 5) -> tuple:
     """(output, compile + first call s, median of ``repeats`` further calls s)."""
     t0 = time.perf_counter()
     out = jax.block_until_ready(fn(*args))
@@ -197,6 +196,7 @@ def bench_nll(net, series: dict, particles=(1000, 10000)) -> dict:
             "se": float(per_series.std(ddof=1) / np.sqrt(len(per_series))),
             "median": float(np.median(a)),
             "per_step_mean": a.mean(0).tolist(),
+            "per_series": per_series.tolist(),
         }
 
     out = {"dt4": stats(T.dt_nll(net, series, K))}
@@ -206,7 +206,7 @@ def bench_nll(net, series: dict, particles=(1000, 10000)) -> dict:
         out[f"pf{n}_gauss"], out[f"pf{n}_kde"] = stats(r["gauss"]), stats(r["kde"])
     out["ekf"] = stats(T.ekf_nll(series))
     for k, v in out.items():
-        print(k, {a: b for a, b in v.items() if a != "per_step_mean"}, flush=True)
+        print(k, {a: b for a, b in v.items() if not a.startswith("per_")}, flush=True)
     return out
 
 
@@ -251,7 +251,7 @@ def write_results() -> None:
         "particles' mean and covariance, or a weighted Gaussian KDE (Scott bandwidth × weighted "
         "covariance), both taken before resampling. Time per step: the filter alone (DT: GMM "
         "posteriors; PF: propagate, weight, moments, resample; EKF: mean and covariance), jitted, "
-        "`block_until_ready`, median of 3 calls after a compiling call, divided by the "
+        "`block_until_ready`, median of 5 calls after a compiling call, divided by the "
         f"{steps} steps; 'one series' is one call on one series, 'batched' one `vmap`ped call "
         f"on all {num} series (so per series-step divide by {num}).",
         "",
@@ -288,15 +288,27 @@ def write_results() -> None:
             continue
         per = nll[key]["per_step_mean"]
         lines.append(f"| {label} | " + " | ".join(f"{per[i]:.2f}" for i in marks) + " |")
-    dt_ms = tim["dt4"]["single_run_s"] / steps
+
+    def paired(other):
+        if "per_series" not in nll["dt4"]:
+            return "n/a"
+        d = np.asarray(nll["dt4"]["per_series"]) - np.asarray(nll[other]["per_series"])
+        return f"{d.mean():+.3f} ± {d.std(ddof=1) / np.sqrt(d.size):.3f}"
+
+    def ratio(pf, kind):
+        return tim[pf][f"{kind}_run_s"] / tim["dt4"][f"{kind}_run_s"]
+
     lines += [
         "",
-        "Speed: DT-4 per step (one series) is "
-        f"{tim['pf1000']['single_run_s'] / steps / dt_ms:.1f}× faster than PF-1000 and "
-        f"{tim['pf10000']['single_run_s'] / steps / dt_ms:.1f}× faster than PF-10000; batched "
-        f"over {num} series, "
-        f"{tim['pf1000']['batched_run_s'] / tim['dt4']['batched_run_s']:.1f}× and "
-        f"{tim['pf10000']['batched_run_s'] / tim['dt4']['batched_run_s']:.1f}×.",
+        "Accuracy, paired over the same series (DT-4 NLL − PF NLL, ± standard error; negative "
+        f"= DT better): vs PF-1000 Gaussian fit {paired('pf1000_gauss')}, KDE "
+        f"{paired('pf1000_kde')}; vs PF-10000 Gaussian fit {paired('pf10000_gauss')}, KDE "
+        f"{paired('pf10000_kde')}.",
+        "",
+        "Speed, PF time ÷ DT-4 time per step (> 1: DT faster): one series, PF-1000 "
+        f"{ratio('pf1000', 'single'):.1f}, PF-10000 {ratio('pf10000', 'single'):.1f}; batched "
+        f"over {num} series, PF-1000 {ratio('pf1000', 'batched'):.1f}, PF-10000 "
+        f"{ratio('pf10000', 'batched'):.1f}.",
         "",
         f"Training (CPU, this machine): {info['steps']} steps × {info['batch']} rollouts of "
         f"{info['rollout']} steps in {info['seconds_this_process']} s; loss (mean −log q_t over "

@@ -30,6 +30,7 @@ the clutter (:func:`ekf`).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -310,6 +311,21 @@ def make_network(num_components: int, key, d_model: int = 32, num_layers: int = 
         4, LOCAL_DIM, num_components, key=key, d_model=d_model, num_layers=num_layers, num_heads=4
     )
     return WhitenedDT(inner)
+
+
+NETWORK = Path(__file__).resolve().parent / "dt_tracking" / "dt4.eqx"
+
+
+def load_network(path: str | Path = NETWORK):
+    """A trained network (default: the shipped DT-4); its architecture is read from the
+    ``train_info*.json`` written beside it by ``python -m benchmarks.dt_tracking train``."""
+    import json
+
+    path = Path(path)
+    info = path.with_name(path.stem.replace("dt4", "train_info", 1) + ".json")
+    info = json.loads(info.read_text())
+    skeleton = make_network(info["num_components"], jax.random.key(0), **info["arch"])
+    return eqx.tree_deserialise_leaves(path, skeleton)
 
 
 def dt_filter(net, prior, tokens, mask):

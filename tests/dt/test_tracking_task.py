@@ -154,24 +154,22 @@ def test_shipped_network_is_small_and_records_how_it_was_trained():
     assert path.stat().st_size < 2_000_000
     info = json.loads((NET_DIR / "train_info.json").read_text())
     assert info["command"].startswith("python -m benchmarks.dt_tracking train")
-    from benchmarks import dt_tracking as B
-
-    net = B.load_net(path)
+    net = T.load_network(path)
     assert net.num_components == 4 and net.dim == 4 and net.obs_dim == T.OBS_DIM
 
 
 @pytest.mark.slow
 def test_shipped_network_beats_the_prior_and_is_near_the_particle_filter():
     """40 unseen series (a key never used in training or in the benchmark)."""
-    from benchmarks import dt_tracking as B
-
     series = T.simulate(jax.random.key(90_001), T.series_model, 40)
-    dt4 = float(T.dt_nll(B.load_net(), series).mean())
-    prior = float(T.dt_nll(B.skeleton(), series).mean())
+    dt4 = float(T.dt_nll(T.load_network(), series).mean())
+    prior = float(T.dt_nll(T.make_network(4, jax.random.key(0)), series).mean())  # untrained
     pf = float(T.pf_nll(jax.random.key(5), series, 1000)["gauss"].mean())
     print(f"NLL per step: DT-4 {dt4:.3f}, predicted prior {prior:.3f}, PF-1000 {pf:.3f}")
     assert dt4 < prior - 3.0
     assert dt4 < pf + MARGIN_TO_PF
 
 
-MARGIN_TO_PF = 3.0  # nats per step; set from the measured gap in DT_TRACKING_RESULTS.md
+# nats per step. Measured on 40 other series (key 50_001): DT-4 −5.93, PF-1000 (Gaussian
+# fit) −5.52, predicted prior −0.26; the benchmark's 100 series: DT_TRACKING_RESULTS.md.
+MARGIN_TO_PF = 0.5
