@@ -606,11 +606,23 @@ def _render_elbo(results: dict) -> list[str]:
     return out
 
 
-OTHER_RESULTS = (
-    "Other tables, each with its machine and versions: gradient variance x time per "
-    "estimator in `VARIANCE_RESULTS.md` (`python -m benchmarks.variance`), MCMC effective "
-    "samples per second in `MCMC_RESULTS.md` (`python -m benchmarks.mcmc`), the cone "
-    "model's objectives in `CONE_RESULTS.md` (`python -m benchmarks.cone`)."
+OTHER_RESULTS = "\n".join(
+    [
+        "Other tables, each with its machine and versions:",
+        "",
+        "- gradient variance x time per estimator: `VARIANCE_RESULTS.md` "
+        "(`python -m benchmarks.variance`);",
+        "- MCMC effective samples per second: `MCMC_RESULTS.md` (`python -m benchmarks.mcmc`);",
+        "- the cone model's objectives: `CONE_RESULTS.md` (`python -m benchmarks.cone`);",
+        "- BRAIn and its baselines (reward-KL frontier, exact KL): `BRAIN_RESULTS.md` "
+        "(`python -m benchmarks.brain`);",
+        "- distribution transformers: inverse-gamma task (KL vs SVI and NUTS over 1000 "
+        "problems) `DT_RESULTS.md` (`python -m benchmarks.dt`), GP regression with "
+        "hyperpriors `DT_GP_RESULTS.md` (`python -m benchmarks.dt_gp`), tracking vs a "
+        "particle filter `DT_TRACKING_RESULTS.md` (`python -m benchmarks.dt_tracking`);",
+        "- sharding (scaling on simulated devices, collectives, one-device overhead): "
+        "`SHARDING_RESULTS.md` (`python -m benchmarks.sharding`).",
+    ]
 )
 
 

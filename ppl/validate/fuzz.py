@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import jax
@@ -447,7 +448,27 @@ def exact_value_and_grad(spec: ProgramSpec):
     return values[0], grads[0]
 
 
-_REFERENCES: dict = {}
+class _Compiled(OrderedDict):
+    """The most recent ``MAX_COMPILED`` compiled programs (each holds JIT-compiled machine code,
+    mapped memory that is only released when the executable is dropped: an unbounded cache
+    exhausts the process's memory maps after some thousand random structures)."""
+
+    MAX_COMPILED = 64
+
+    def lookup(self, key):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        return None
+
+    def store(self, key, value):
+        self[key] = value
+        while len(self) > self.MAX_COMPILED:
+            self.popitem(last=False)
+        return value
+
+
+_REFERENCES = _Compiled()
 _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
@@ -472,20 +493,21 @@ def exact_values_and_grads(specs: Sequence[ProgramSpec]):
     structure = specs[0].structure
     thetas, cs = _arrays(specs)
     cache_key = (structure, len(specs))
-    if cache_key not in _REFERENCES:
+    reference = _REFERENCES.lookup(cache_key)
+    if reference is None:
 
         def one(theta, c):
             return jax.value_and_grad(lambda t: exact_value(structure, t, c))(theta)
 
-        _REFERENCES[cache_key] = _compiled(jax.vmap(one), thetas, cs)
-    values, grads = _REFERENCES[cache_key](thetas, cs)
+        reference = _REFERENCES.store(cache_key, _compiled(jax.vmap(one), thetas, cs))
+    values, grads = reference(thetas, cs)
     return np.asarray(values, np.float64), np.asarray(grads, np.float64)
 
 
 # --------------------------------------------------------------------------------------
 # the estimator under test: the rendered source, compiled once per structure
 # --------------------------------------------------------------------------------------
-_ESTIMATORS: dict = {}
+_ESTIMATORS = _Compiled()
 
 
 def build_program(spec: ProgramSpec) -> dict:
@@ -506,8 +528,9 @@ def estimator(spec: ProgramSpec, num_samples: int, num_programs: int):
     ppl's estimate of the objective and its gradient for I same-structure programs, cached
     per structure."""
     key = (spec.structure, num_samples, num_programs)
-    if key in _ESTIMATORS:
-        return _ESTIMATORS[key]
+    cached = _ESTIMATORS.lookup(key)
+    if cached is not None:
+        return cached
     ns = build_program(spec)
     if spec.objective == "expectation":
         E = ns["E"]
@@ -530,8 +553,7 @@ def estimator(spec: ProgramSpec, num_samples: int, num_programs: int):
     thetas = jax.ShapeDtypeStruct((num_programs, len(spec.theta)), jnp.float32)
     cs = jax.ShapeDtypeStruct((num_programs, max(len(spec.coef), 1)), jnp.float32)
     run = _compiled(jax.vmap(jax.vmap(one, (0, None, None)), (None, 0, 0)), keys, thetas, cs)
-    _ESTIMATORS[key] = run
-    return run
+    return _ESTIMATORS.store(key, run)
 
 
 def bonferroni_sigma(num_tests: int, family_alpha: float = 1e-3) -> float:

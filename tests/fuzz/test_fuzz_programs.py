@@ -22,7 +22,10 @@ Runs:
 
       PPL_FUZZ_EXAMPLES=5000 python -m pytest tests/fuzz -m slow -k long
 
-  ``PPL_FUZZ_EXAMPLES`` counts programs; the test is skipped when it is unset.
+  ``PPL_FUZZ_EXAMPLES`` counts programs; the test is skipped when it is unset. Above
+  CHUNK_PROGRAMS the run is split into processes of CHUNK_PROGRAMS programs with seeds
+  PPL_FUZZ_SEED, PPL_FUZZ_SEED + 1, ... (add ``-s`` to see each chunk's time); the
+  per-coordinate threshold is the Bonferroni one for the whole run.
 
 Recorded runs (2 shared, heavily loaded CPU cores), all at 5.77 SE, no failure: CI subset
 2.5 min; long runs, generation only (no shrinking needed): seed 11, 4 programs per example,
@@ -34,6 +37,10 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +55,7 @@ NUM_SAMPLES = 2000
 PROGRAMS_PER_EXAMPLE = 8
 CI_EXAMPLES = 56  # 448 programs, 226 of them distinct (hypothesis repeats examples)
 LONG_PROGRAMS = int(os.environ.get("PPL_FUZZ_EXAMPLES", "0"))
+CHUNK_PROGRAMS = 1000  # the long profile runs in processes of at most this many programs
 # Each program checks at most MAX_COORDINATES coordinates (its value and one derivative per
 # parameter: <= 12 for an expectation, <= 21 for an ELBO / IWAE). Bonferroni over every
 # coordinate of every program of a run at a family-wise false-alarm rate of 1e-3 gives the
@@ -81,11 +89,19 @@ def test_fuzz_programs(specs):
 @pytest.mark.slow
 @pytest.mark.skipif(LONG_PROGRAMS == 0, reason="set PPL_FUZZ_EXAMPLES=<programs> to run")
 def test_fuzz_programs_long():
-    examples = math.ceil(LONG_PROGRAMS / PROGRAMS_PER_EXAMPLE)
-    n_sigma = bonferroni_sigma(examples * PROGRAMS_PER_EXAMPLE * MAX_COORDINATES, FAMILY_ALPHA)
+    # The threshold covers every program of the whole run (all chunks).
+    total = int(os.environ.get("PPL_FUZZ_TOTAL", LONG_PROGRAMS))
+    n_sigma = bonferroni_sigma(
+        math.ceil(total / PROGRAMS_PER_EXAMPLE) * PROGRAMS_PER_EXAMPLE * MAX_COORDINATES,
+        FAMILY_ALPHA,
+    )
+    base_seed = int(os.environ.get("PPL_FUZZ_SEED", "20261127"))
+    if LONG_PROGRAMS > CHUNK_PROGRAMS:
+        _run_in_chunks(base_seed)
+        return
 
-    @seed(int(os.environ.get("PPL_FUZZ_SEED", "20261127")))
-    @settings(max_examples=examples, **SETTINGS)
+    @seed(base_seed)
+    @settings(max_examples=math.ceil(LONG_PROGRAMS / PROGRAMS_PER_EXAMPLE), **SETTINGS)
     @given(programs(instances=PROGRAMS_PER_EXAMPLE))
     def run(specs):
         try:
@@ -96,6 +112,37 @@ def test_fuzz_programs_long():
             jax.clear_caches()
 
     run()
+
+
+def _run_in_chunks(base_seed):
+    """CHUNK_PROGRAMS programs per process, seeds base_seed, base_seed + 1, ... (two single
+    processes of 5,000 programs aborted inside XLA's CPU compiler after about 55 minutes)."""
+    for i, start in enumerate(range(0, LONG_PROGRAMS, CHUNK_PROGRAMS)):
+        n = min(CHUNK_PROGRAMS, LONG_PROGRAMS - start)
+        env = dict(
+            os.environ,
+            PPL_FUZZ_EXAMPLES=str(n),
+            PPL_FUZZ_SEED=str(base_seed + i),
+            PPL_FUZZ_TOTAL=str(LONG_PROGRAMS),
+        )
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", __file__, "-m", "slow", "-k", "fuzz_programs_long"]
+            + ["-q", "-p", "no:cacheprovider"],
+            env=env,
+            cwd=Path(__file__).resolve().parents[2],
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 0, (
+            f"chunk {i} (PPL_FUZZ_SEED={base_seed + i}, {n} programs) failed:\n"
+            f"{proc.stdout[-8000:]}\n{proc.stderr[-4000:]}"
+        )
+        print(
+            f"chunk {i}: seed {base_seed + i}, {n} programs passed in "
+            f"{time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
 
 
 @settings(max_examples=2, derandomize=True, **SETTINGS)
