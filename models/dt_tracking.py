@@ -324,7 +324,9 @@ def load_network(path: str | Path = NETWORK):
     path = Path(path)
     info = path.with_name(path.stem.replace("dt4", "train_info", 1) + ".json")
     info = json.loads(info.read_text())
-    skeleton = make_network(info["num_components"], jax.random.key(0), **info["arch"])
+    skeleton = eqx.filter_eval_shape(
+        make_network, info["num_components"], jax.random.key(0), **info["arch"]
+    )  # shapes only: no initialization work
     return eqx.tree_deserialise_leaves(path, skeleton)
 
 
@@ -339,9 +341,10 @@ class FilterForwardKL(eqx.Module):
     """Amortized forward KL along a rollout: E[Σ_t log q_t(x_t)] / T with q_t from dt_filter.
 
     q_0 is a meta-prior GMM (:func:`meta_prior`), q_t = dt(predict(q_{t-1}), z_t). With
-    ``num_steps=1`` this is ``ppl.dt.amortized_forward_kl(consistency=0)`` on the one-step
-    simulator with the predicted prior; longer rollouts train the network on its own
-    posteriors, as :func:`ppl.dt.filter` uses it (gradients flow through the recursion).
+    ``num_steps=1`` its terms are those of ``ppl.dt.amortized_forward_kl(consistency=0)``
+    with prior predict(q_0) and latent x_1 (checked in tests/dt/test_tracking_task.py);
+    longer rollouts train the network on its own posteriors, as :func:`ppl.dt.filter` uses
+    it (gradients flow through the recursion).
     """
 
     num_components: int = eqx.field(static=True)

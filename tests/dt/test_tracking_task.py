@@ -9,6 +9,7 @@ import json
 import math
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -147,6 +148,31 @@ def test_systematic_resampling_keeps_the_weights_in_expectation():
     np.testing.assert_allclose(c.mean(0) / 4, jnp.exp(log_w), atol=0.02)
     # systematic: each index appears floor(N w) or ceil(N w) times
     assert bool(jnp.all(jnp.abs(c - 4 * jnp.exp(log_w)) < 1.0 + 1e-6))
+
+
+@pytest.mark.slow  # ~19 s, mostly compilation
+def test_one_step_rollout_objective_is_the_librarys_amortized_forward_kl():
+    """FilterForwardKL(num_steps=1) terms = amortized_forward_kl's posterior terms."""
+    from numpyro.handlers import substitute as subst
+
+    from ppl.dt import amortized_forward_kl, linear_gaussian
+
+    net = T.load_network()
+    ours = T.FilterForwardKL(4, 1, 6)
+    values = jax.jit(ours.simulate)(jax.random.key(8))
+    predict = linear_gaussian(*T.dynamics())
+    lib = amortized_forward_kl(
+        lambda: None,
+        latent=lambda v: v["x"][0],
+        data=lambda v: T.features(v["range"], v["bearing"])[0],
+        prior=lambda v: predict(subst(T.meta_prior, data=v)(4)),
+        mask=lambda v: v["observed"][0].astype(bool),
+        consistency=0.0,
+    )
+    a, b = eqx.filter_jit(lambda n, v: (ours.terms(n, v)[:, 0], lib.terms(n, v)["posterior"]))(
+        net, values
+    )
+    np.testing.assert_allclose(a, b, rtol=1e-3)  # float32: the two paths round differently
 
 
 def test_shipped_network_is_small_and_records_how_it_was_trained():
