@@ -3,6 +3,8 @@
     python -m benchmarks.dt_tracking train [--steps 8000]   # trains DT-4 -> models/dt_tracking/
     python -m benchmarks.dt_tracking bench                  # NLL per step, time per step
                                                             #   -> DT_TRACKING_RESULTS.md
+    python -m benchmarks.dt_tracking ablation --net PATH    # another network, same series
+                                                            #   (after bench, which resets them)
 
 Training writes models/dt_tracking/dt4.eqx and train_info.json (checkpointed and resumable
 under models/dt_tracking/ckpt/, which is not shipped). The benchmark draws unseen series
