@@ -14,6 +14,7 @@ import pytest
 
 from ppl import mcmc
 from ppl.validate import check_stationarity
+from tests.mcmc.runs import run_mcmc
 
 _spec = importlib.util.spec_from_file_location(
     "_numpyro_tests", Path(__file__).with_name("test_numpyro.py")
@@ -36,7 +37,7 @@ def rate_proposal(y_pois, y_norm):
 
 
 def test_mh_full_proposal_posterior():
-    m = T.run(mcmc.MH(T.conjugate, full_proposal), T.Y_POIS, T.Y_NORM, num_warmup=200)
+    m = run_mcmc(mcmc.MH(T.conjugate, full_proposal), T.Y_POIS, T.Y_NORM, num_warmup=200)
     samples = m.get_samples(group_by_chain=True)
     assert np.all(samples["rate"] > 0)
     for site, (mean, sd) in T.EXACT.items():
