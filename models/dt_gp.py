@@ -73,14 +73,19 @@ def _gp_solve(x, y, mask, x_star, log_ell):
     return log_lik, v @ alpha, SIGNAL_VAR + NOISE_SD**2 - v @ v
 
 
+def gp_predictive_and_lik(values: dict, log_ell):
+    """(log p(y_{<n} | ℓ), predictive mean, predictive variance) in one Cholesky."""
+    return _gp_solve(values["x"], values["y"], obs_mask(values), values["x_star"], log_ell)
+
+
 def gp_log_marginal(values: dict, log_ell) -> jax.Array:
     """log p(y_{<n} | x, ℓ) of one problem (the GP marginal likelihood)."""
-    return _gp_solve(values["x"], values["y"], obs_mask(values), values["x_star"], log_ell)[0]
+    return gp_predictive_and_lik(values, log_ell)[0]
 
 
 def gp_predictive(values: dict, log_ell) -> tuple[jax.Array, jax.Array]:
     """Mean and variance of y* | y_{<n}, ℓ (noisy query value) of one problem."""
-    return _gp_solve(values["x"], values["y"], obs_mask(values), values["x_star"], log_ell)[1:]
+    return gp_predictive_and_lik(values, log_ell)[1:]
 
 
 def obs_mask(values: dict) -> jax.Array:
@@ -172,14 +177,13 @@ def exact_one(values: dict, num_points: int = GRID_POINTS, width: float = GRID_W
     }
 
 
-def gp_predictive_and_lik(values: dict, log_ell):
-    """(log p(y_{<n} | ℓ), predictive mean, predictive variance) in one Cholesky."""
-    return _gp_solve(values["x"], values["y"], obs_mask(values), values["x_star"], log_ell)
-
-
 @jax.jit
 def exact_nll(problems: dict) -> dict:
-    """Per problem: exact NLLs and KL-ready grids, batched with ``lax.map`` (bounded memory)."""
+    """Per problem: exact NLLs and log evidence, 50 problems at a time (bounded memory).
+
+    (On jax 0.10.2's CPU backend, ``lax.map(..., batch_size=100)`` over :func:`exact_one`
+    was seen to hang after compiling; 50 and 60 ran.)
+    """
 
     def one(v):
         e = exact_one(v)
