@@ -98,7 +98,9 @@ def train_all(steps: int, batch: int, lr: float) -> dict:
     return info
 
 
-def _timed(fn, *args):
+def first_and_run_time(fn, *args):
+    """(output, seconds of the first call (compilation included), seconds of a second call),
+    each call blocked on with ``block_until_ready``."""
     t0 = time.perf_counter()
     out = jax.block_until_ready(fn(*args))
     t1 = time.perf_counter()
@@ -115,7 +117,7 @@ def bench_dt(meta: str, k: int, problems: dict) -> dict:
             problems
         )
 
-    post, first, run = _timed(lambda p: posteriors(net, p), problems)
+    post, first, run = first_and_run_time(lambda p: posteriors(net, p), problems)
     kl = np.asarray(T.dt_kl(net, problems))
     return {
         "kl_mean": float(kl.mean()),

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import ppl.dt as dt
+from benchmarks.dt import first_and_run_time
 from models import dt_gp as G
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,14 +104,6 @@ def probe_steps(k: int, batch: int, arch: dict, seconds: float) -> int:
     return steps
 
 
-def _timed(fn, *args):
-    t0 = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    t1 = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    return out, t1 - t0, time.perf_counter() - t1
-
-
 def _summary(nll: dict, ref: dict | None = None) -> dict:
     out = {}
     for name in ("nll_hyper", "nll_pred"):
@@ -176,7 +169,7 @@ def nuts_nll(problems: dict, n: int, warmup: int, samples: int) -> tuple[dict, f
 
 def bench(num: int, nuts_n: int, warmup: int, samples: int) -> dict:
     problems = G.simulate_problems(jax.random.key(EVAL_KEY), num)
-    exact, ex_first, ex_run = _timed(G.exact_nll, problems)
+    exact, ex_first, ex_run = first_and_run_time(G.exact_nll, problems)
     res = {"num": num, "nuts_n": nuts_n, "all": {}, "subset": {}}
     res["all"]["exact"] = {**_summary(exact), "first_s": ex_first, "run_s": ex_run}
     ex_sub = jax.tree.map(lambda a: a[:nuts_n], exact)
@@ -186,7 +179,7 @@ def bench(num: int, nuts_n: int, warmup: int, samples: int) -> dict:
     res["subset"]["prior"] = _summary(jax.tree.map(lambda a: a[:nuts_n], prior), ex_sub)
     for k in sorted(shipped()):
         net = load_net(k)
-        nll, first, run = _timed(G.dt_nll, net, problems)
+        nll, first, run = first_and_run_time(G.dt_nll, net, problems)
         kl = np.asarray(G.dt_hyper_kl(net, problems))
         res["all"][f"dt{k}"] = {
             **_summary(nll, exact),
