@@ -4,6 +4,7 @@
     python -m benchmarks.dt bench                  # KL(exact ‖ ·) and wall times -> DT_RESULTS.md
     python -m benchmarks.dt sequential             # filter vs one-shot (needs train-seq)
     python -m benchmarks.dt report                 # DT_RESULTS.md from models/dt_ig/*.json
+    python -m benchmarks.dt throughput [--out F]   # problems per second (e.g. on a GPU)
 
 Training writes the networks to models/dt_ig/{meta}_k{K}.eqx (checkpointed and resumable
 under models/dt_ig/ckpt/, which is not shipped). The benchmark evaluates 1000 unseen
@@ -125,6 +126,36 @@ def bench_dt(meta: str, k: int, problems: dict) -> dict:
         "first_s": first,
         "run_s": run,
     }
+
+
+def throughput(sizes=(1000, 10_000, 100_000)) -> str:
+    """DT inference throughput (problems per second) of the shipped narrow DT-2 / DT-5 on
+    batches of ``sizes`` problems, one jitted vmapped call each; a markdown table naming
+    the device (run it on a GPU: ``python -m benchmarks.dt throughput``)."""
+    import jaxlib
+
+    @eqx.filter_jit
+    def posteriors(net, problems):
+        return jax.vmap(lambda v: net(T.prior_params(v), T.obs_features(v), T.obs_mask(v)))(
+            problems
+        )
+
+    device = jax.devices()[0]
+    lines = [
+        f"DT inference throughput on {device.device_kind} ({jax.default_backend()}), jax "
+        f"{jax.__version__}, jaxlib {jaxlib.__version__}; run = second call, "
+        "`block_until_ready`.",
+        "",
+        "| network | problems | compile+first (s) | run (s) | problems / s |",
+        "|---|---|---|---|---|",
+    ]
+    for k in (2, 5):
+        net = load_net("narrow", k)
+        for n in sizes:
+            problems = T.simulate_problems(jax.random.key(n), "narrow", n)
+            _, first, run = first_and_run_time(lambda p, net=net: posteriors(net, p), problems)
+            lines.append(f"| DT-{k} | {n} | {first:.2f} | {run:.4f} | {n / run:,.0f} |")
+    return "\n".join(lines)
 
 
 def svi_one(v: dict, key, steps: int, k: int = 5):
@@ -362,7 +393,9 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("cmd", choices=["train", "train-seq", "bench", "sequential", "report"])
+    p.add_argument(
+        "cmd", choices=["train", "train-seq", "bench", "sequential", "report", "throughput"]
+    )
     p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -370,8 +403,14 @@ def main(argv=None) -> None:
     p.add_argument("--svi-n", type=int, default=10)
     p.add_argument("--svi-steps", type=int, default=2000)
     p.add_argument("--nuts-n", type=int, default=10)
+    p.add_argument("--out", default=None, help="throughput: also write the table to this file")
     a = p.parse_args(argv)
-    if a.cmd == "train":
+    if a.cmd == "throughput":
+        table = throughput()
+        print(table)
+        if a.out:
+            Path(a.out).write_text(table + "\n")
+    elif a.cmd == "train":
         train_all(a.steps, a.batch, a.lr)
     elif a.cmd == "train-seq":
         train_sequential(a.steps, a.batch, a.lr)

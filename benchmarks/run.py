@@ -818,8 +818,18 @@ def main(argv=None):
     )
     parser.add_argument("--only", nargs="*", choices=["elbo", "discrete", "discrete_large"])
     parser.add_argument("--note", default=None, help="free text recorded in the report")
+    parser.add_argument(
+        "--vae-batches",
+        nargs="*",
+        type=int,
+        default=None,
+        help="VAE batch sizes of the ELBO-gradient table (default 64 1024; e.g. on a GPU: "
+        "64 256 1024 4096)",
+    )
     args = parser.parse_args(argv)
     cfg = Config.make(args.quick)
+    if args.vae_batches:
+        cfg = dataclasses.replace(cfg, vae_batches=tuple(args.vae_batches))
     jax.config.update("jax_enable_x64", False)
     results = run(cfg, args.only)
     if args.note:

@@ -10,17 +10,17 @@ observed sites masked out of the enumerated joint.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import arviz as az
 import jax
 import jax.numpy as jnp
 import numpy as np
 from numpyro import handlers
-from numpyro.contrib.funsor import config_enumerate, enum
-from numpyro.contrib.funsor.infer_util import log_density as enum_log_density
 from numpyro.infer.util import _guess_max_plate_nesting
 from numpyro.primitives import Messenger
+
+if TYPE_CHECKING:  # arviz and funsor are imported when used: ppl imports without them
+    import arviz as az
 
 
 class _keep_element(Messenger):
@@ -46,6 +46,9 @@ class _keep_element(Messenger):
 
 def _pointwise_marginal_loglik(model, args, kwargs, draws, observed, max_plate_nesting):
     """{site: (num_draws, n_site)} log Σ_z p(z) p(y_i | z, θ) per observation i."""
+    from numpyro.contrib.funsor import config_enumerate, enum
+    from numpyro.contrib.funsor.infer_util import log_density as enum_log_density
+
     enumerated = enum(config_enumerate(model), first_available_dim=-max_plate_nesting - 1)
     out = {}
     for name, value in observed.items():
@@ -80,6 +83,8 @@ def to_arviz(mcmc: Any, **kwargs) -> az.InferenceData:
         idata = ppl.mcmc.to_arviz(mcmc)
         az.loo(idata)
     """
+    import arviz as az
+
     model = mcmc.sampler.model
     args, model_kwargs = mcmc._args, mcmc._kwargs
     samples = mcmc.get_samples(group_by_chain=True)
