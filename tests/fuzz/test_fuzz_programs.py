@@ -158,3 +158,18 @@ def test_printed_source_is_the_tested_program(specs):
     value, grad = run(jax.random.split(jax.random.PRNGKey(0), 2), thetas, cs)
     np.testing.assert_allclose(ns["value"], value[0], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(ns["grad"], grad[0], rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_program_cache_is_bounded_and_least_recently_used():
+    """Compiled programs hold mapped JIT code: the fuzzer keeps at most MAX_COMPILED."""
+    from ppl.validate.fuzz import _Compiled
+
+    cache = _Compiled()
+    n = _Compiled.MAX_COMPILED
+    for i in range(n):
+        cache.store(i, f"program {i}")
+    assert cache.lookup(0) == "program 0"  # 0 becomes the most recently used
+    cache.store(n, "new")
+    assert len(cache) == n
+    assert cache.lookup(1) is None  # the least recently used went
+    assert cache.lookup(0) == "program 0" and cache.lookup(n) == "new"
