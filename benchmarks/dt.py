@@ -1,6 +1,8 @@
 """Distribution transformer on the inverse-gamma variance task vs NumPyro SVI and NUTS.
 
     python -m benchmarks.dt train [--steps 6000]   # trains DT-2 / DT-5, narrow / wide
+    python -m benchmarks.dt train --only narrow_k5 wide_k5 --d-model 64 --layers 4 \
+        --batch 256 --steps 100000 --lr 1e-3       # larger DT-5s (e.g. on a GPU)
     python -m benchmarks.dt bench                  # KL(exact ‖ ·) and wall times -> DT_RESULTS.md
     python -m benchmarks.dt sequential             # filter vs one-shot (needs train-seq)
     python -m benchmarks.dt report                 # DT_RESULTS.md from models/dt_ig/*.json
@@ -40,12 +42,20 @@ def net_path(meta: str, k: int) -> Path:
     return NET_DIR / f"{meta}_k{k}.eqx"
 
 
-def skeleton(k: int):
-    return T.make_network(k, jax.random.key(0), **ARCH)
+def skeleton(k: int, arch: dict | None = None):
+    return T.make_network(k, jax.random.key(0), **(arch or ARCH))
+
+
+def arch_of(meta: str, k: int) -> dict:
+    """The architecture a shipped network was trained with (train_info.json: its own entry's
+    "arch", else the file's, else ARCH)."""
+    path = NET_DIR / "train_info.json"
+    info = json.loads(path.read_text()) if path.exists() else {}
+    return info.get(f"{meta}_k{k}", {}).get("arch") or info.get("arch") or ARCH
 
 
 def load_net(meta: str, k: int):
-    return eqx.tree_deserialise_leaves(net_path(meta, k), skeleton(k))
+    return eqx.tree_deserialise_leaves(net_path(meta, k), skeleton(k, arch_of(meta, k)))
 
 
 def train_sequential(steps: int, batch: int, lr: float) -> None:
@@ -68,12 +78,17 @@ def train_sequential(steps: int, batch: int, lr: float) -> None:
     print(f"narrow_k5_seq: {steps} steps x {batch} in {time.perf_counter() - t0:.1f} s")
 
 
-def train_all(steps: int, batch: int, lr: float) -> dict:
+def train_all(steps: int, batch: int, lr: float, arch: dict | None = None, only=None) -> dict:
+    """Train the CONFIGS networks (``only``: names like "narrow_k5") with ``arch`` (default
+    ARCH); each entry of train_info.json records its own architecture and device."""
     NET_DIR.mkdir(exist_ok=True)
     (NET_DIR / "ckpt").mkdir(exist_ok=True)
+    arch = arch or ARCH
     info = {}
     for i, (meta, k) in enumerate(CONFIGS):
-        net = T.make_network(k, jax.random.key(100 + i), **ARCH)
+        if only and f"{meta}_k{k}" not in only:
+            continue
+        net = T.make_network(k, jax.random.key(100 + i), **arch)
         obj = T.objective(meta, num_problems=batch)
         t0 = time.perf_counter()
         res = dt.train(
@@ -93,9 +108,14 @@ def train_all(steps: int, batch: int, lr: float) -> dict:
             "batch": batch,
             "seconds_this_process": round(secs, 1),
             "final_loss_mean_last100": float(np.mean(res.losses[-100:])),
+            "arch": arch,
+            "lr": lr,
+            "device": jax.devices()[0].device_kind,
         }
         print(meta, k, info[f"{meta}_k{k}"], flush=True)
-    (NET_DIR / "train_info.json").write_text(json.dumps({"arch": ARCH, "lr": lr, **info}, indent=1))
+    path = NET_DIR / "train_info.json"
+    old = json.loads(path.read_text()) if path.exists() else {"arch": ARCH, "lr": lr}
+    path.write_text(json.dumps({**old, **info}, indent=1))
     return info
 
 
@@ -364,13 +384,15 @@ def write_results(res: dict, num: int) -> None:
         res = {**res, "sequential": seq}
     lines += [
         "",
-        "Training (CPU, this machine): "
+        "Training: "
         + ", ".join(
             f"{name}: {v['steps']} steps × {v['batch']} problems in {v['seconds_this_process']} s"
+            f" on {v.get('device', 'this CPU')}, architecture {v.get('arch', info['arch'])}, "
+            f"peak learning rate {v.get('lr', info['lr'])}"
             for name, v in info.items()
             if isinstance(v, dict) and "steps" in v
         )
-        + f"; architecture {info['arch']}, peak learning rate {info['lr']}.",
+        + ".",
         "",
         "Paper (GPU, 6-layer network): DT-5 KL 0.0004 / 0.0003 in 0.016 s; "
         "SVI 0.0425 / 0.0558 in 148 s.",
@@ -404,6 +426,9 @@ def main(argv=None) -> None:
     p.add_argument("--svi-steps", type=int, default=2000)
     p.add_argument("--nuts-n", type=int, default=10)
     p.add_argument("--out", default=None, help="throughput: also write the table to this file")
+    p.add_argument("--d-model", type=int, default=ARCH["d_model"], help="train: width")
+    p.add_argument("--layers", type=int, default=ARCH["num_layers"], help="train: blocks")
+    p.add_argument("--only", nargs="*", default=None, help="train: e.g. narrow_k5 wide_k5")
     a = p.parse_args(argv)
     if a.cmd == "throughput":
         table = throughput()
@@ -411,7 +436,7 @@ def main(argv=None) -> None:
         if a.out:
             Path(a.out).write_text(table + "\n")
     elif a.cmd == "train":
-        train_all(a.steps, a.batch, a.lr)
+        train_all(a.steps, a.batch, a.lr, {"d_model": a.d_model, "num_layers": a.layers}, a.only)
     elif a.cmd == "train-seq":
         train_sequential(a.steps, a.batch, a.lr)
     elif a.cmd in ("report", "sequential"):  # rewrite DT_RESULTS.md from the stored JSON

@@ -17,7 +17,8 @@ def _load(meta, k, suffix=""):
     from benchmarks import dt as B
 
     path = B.NET_DIR / f"{meta}_k{k}{suffix}.eqx"
-    return eqx.tree_deserialise_leaves(path, B.skeleton(k))
+    arch = None if suffix else B.arch_of(meta, k)  # the architecture it was trained with
+    return eqx.tree_deserialise_leaves(path, B.skeleton(k, arch))
 
 
 @pytest.mark.parametrize("meta", ["narrow", "wide"])
