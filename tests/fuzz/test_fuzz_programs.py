@@ -94,16 +94,16 @@ def test_fuzz_programs(specs):
 @pytest.mark.slow
 @pytest.mark.skipif(LONG_PROGRAMS == 0, reason="set PPL_FUZZ_EXAMPLES=<programs> to run")
 def test_fuzz_programs_long():
+    base_seed = int(os.environ.get("PPL_FUZZ_SEED", "20261127"))
+    if LONG_PROGRAMS > CHUNK_PROGRAMS:
+        _run_in_chunks(base_seed)
+        return
     # The threshold covers every program of the whole run (all chunks).
     total = int(os.environ.get("PPL_FUZZ_TOTAL", LONG_PROGRAMS))
     n_sigma = bonferroni_sigma(
         math.ceil(total / PROGRAMS_PER_EXAMPLE) * PROGRAMS_PER_EXAMPLE * MAX_COORDINATES,
         FAMILY_ALPHA,
     )
-    base_seed = int(os.environ.get("PPL_FUZZ_SEED", "20261127"))
-    if LONG_PROGRAMS > CHUNK_PROGRAMS:
-        _run_in_chunks(base_seed)
-        return
 
     @seed(base_seed)
     @settings(max_examples=math.ceil(LONG_PROGRAMS / PROGRAMS_PER_EXAMPLE), **SETTINGS)
@@ -120,8 +120,9 @@ def test_fuzz_programs_long():
 
 
 def _run_in_chunks(base_seed):
-    """CHUNK_PROGRAMS programs per process, seeds base_seed, base_seed + 1, ... (two single
-    processes of 5,000 programs aborted inside XLA's CPU compiler after about 55 minutes)."""
+    """CHUNK_PROGRAMS programs per process, seeds base_seed, base_seed + 1, ...: a crash in
+    one process (e.g. XLA aborting, as when the compiled-program cache was unbounded and
+    exhausted the memory maps) costs one chunk, and each chunk's time is reported."""
     for i, start in enumerate(range(0, LONG_PROGRAMS, CHUNK_PROGRAMS)):
         n = min(CHUNK_PROGRAMS, LONG_PROGRAMS - start)
         env = dict(
