@@ -129,14 +129,14 @@ def first_and_run_time(fn, *args):
     return out, t1 - t0, time.perf_counter() - t1
 
 
+@eqx.filter_jit
+def posteriors(net, problems: dict):
+    """The DT posterior GMM of every problem (batch axis 0), one jitted vmapped call."""
+    return jax.vmap(lambda v: net(T.prior_params(v), T.obs_features(v), T.obs_mask(v)))(problems)
+
+
 def bench_dt(meta: str, k: int, problems: dict) -> dict:
     net = load_net(meta, k)
-
-    @eqx.filter_jit
-    def posteriors(net, problems):
-        return jax.vmap(lambda v: net(T.prior_params(v), T.obs_features(v), T.obs_mask(v)))(
-            problems
-        )
 
     post, first, run = first_and_run_time(lambda p: posteriors(net, p), problems)
     kl = np.asarray(T.dt_kl(net, problems))
@@ -153,12 +153,6 @@ def throughput(sizes=(1000, 10_000, 100_000)) -> str:
     batches of ``sizes`` problems, one jitted vmapped call each; a markdown table naming
     the device (run it on a GPU: ``python -m benchmarks.dt throughput``)."""
     import jaxlib
-
-    @eqx.filter_jit
-    def posteriors(net, problems):
-        return jax.vmap(lambda v: net(T.prior_params(v), T.obs_features(v), T.obs_mask(v)))(
-            problems
-        )
 
     device = jax.devices()[0]
     lines = [
