@@ -365,7 +365,9 @@ def write_results(res: dict, num: int) -> None:
         "",
         f"KL(exact ‖ q) over {num} unseen problems per meta-prior (quadrature in log variance). "
         "DT time: all problems in one jitted vmapped call, `block_until_ready`; 'first' includes "
-        "compilation, 'run' is a second call. SVI/NUTS: sequential per-problem runs on a subset, "
+        "compilation (a network with the same architecture as one benchmarked before it in the "
+        "same process reuses its compiled program), 'run' is a second call. SVI/NUTS: "
+        "sequential per-problem runs on a subset, "
         "time extrapolated linearly to 1000 problems (includes their per-problem compilation, as "
         "a user running them per problem pays it). NUTS KL uses a Gaussian KDE of its draws.",
         "",

@@ -22,10 +22,20 @@ def _load(meta, k, suffix=""):
 
 
 @pytest.mark.parametrize("meta", ["narrow", "wide"])
-def test_shipped_dt5_is_accurate_on_unseen_problems(meta):
+def test_shipped_dt5_meets_the_kl_goal_on_the_benchmark_problems(meta):
+    """Issue 6's goal, mean KL(exact ‖ DT-5) ≤ 0.001 over the benchmark's 1000 unseen problems
+    (the keys `python -m benchmarks.dt bench` uses; never used in training)."""
+    j = ("narrow", "wide").index(meta)
+    problems = T.simulate_problems(jax.random.key(10_000 + j), meta, 1000)
+    kl = np.asarray(T.dt_kl(_load(meta, 5), problems))
+    assert np.mean(kl) <= 1e-3, np.mean(kl)
+
+
+@pytest.mark.parametrize("meta", ["narrow", "wide"])
+def test_shipped_dt5_is_accurate_on_other_unseen_problems(meta):
     problems = T.simulate_problems(jax.random.key(4242), meta, 300)
     kl = np.asarray(T.dt_kl(_load(meta, 5), problems))
-    assert np.mean(kl) < 0.02, np.mean(kl)
+    assert np.mean(kl) <= 1e-3, np.mean(kl)
 
 
 def test_feeding_posteriors_back_stays_close_to_the_batch_posterior():
