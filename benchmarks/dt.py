@@ -325,7 +325,8 @@ def bench_sequential(num: int) -> dict:
     problems = {**problems, "n": jnp.full_like(problems["n"], T.N_MAX)}
     out = {}
     for name, suffix in (("dt5", ""), ("dt5_seq", "_seq")):
-        net = eqx.tree_deserialise_leaves(NET_DIR / f"narrow_k5{suffix}.eqx", skeleton(5))
+        arch = None if suffix else arch_of("narrow", 5)  # train-seq uses ARCH
+        net = eqx.tree_deserialise_leaves(NET_DIR / f"narrow_k5{suffix}.eqx", skeleton(5, arch))
 
         @eqx.filter_jit
         def kls(net, problems):
