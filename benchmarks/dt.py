@@ -61,61 +61,68 @@ def load_net(meta: str, k: int):
     return eqx.tree_deserialise_leaves(net_path(meta, k), skeleton(k, arch_of(meta, k)))
 
 
-def train_sequential(steps: int, batch: int, lr: float) -> None:
-    """DT-5 (narrow) trained with the sequential term too: models/dt_ig/narrow_k5_seq.eqx."""
-    NET_DIR.mkdir(exist_ok=True)
-    (NET_DIR / "ckpt").mkdir(exist_ok=True)
-    net = T.make_network(5, jax.random.key(101), **ARCH)
+def _fit(net, objective, key, steps: int, lr: float, name: str, out: Path):
+    """``dt.train`` resumable from models/dt_ig/ckpt/{name}.ckpt; the trained network is
+    saved to ``out``. Returns the result and the run's record for train_info.json."""
+    (NET_DIR / "ckpt").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     res = dt.train(
         net,
-        T.objective("narrow", num_problems=batch, sequential=1.0),
-        jax.random.key(201),
+        objective,
+        key,
         steps,
         learning_rate=lr,
-        checkpoint=NET_DIR / "ckpt" / "narrow_k5_seq.ckpt",
+        checkpoint=NET_DIR / "ckpt" / f"{name}.ckpt",
         every=100,
         progress=True,
     )
-    eqx.tree_serialise_leaves(NET_DIR / "narrow_k5_seq.eqx", res.net)
-    print(f"narrow_k5_seq: {steps} steps x {batch} in {time.perf_counter() - t0:.1f} s")
+    secs = time.perf_counter() - t0
+    eqx.tree_serialise_leaves(out, res.net)
+    record = {
+        "steps": steps,
+        "batch": objective.num_problems,
+        "seconds_this_process": round(secs, 1),
+        "final_loss_mean_last100": float(np.mean(res.losses[-100:])),
+        "lr": lr,
+        "device": jax.devices()[0].device_kind,
+    }
+    return res, record
+
+
+def train_sequential(steps: int, batch: int, lr: float) -> None:
+    """DT-5 (narrow) trained with the sequential term too: models/dt_ig/narrow_k5_seq.eqx."""
+    _, record = _fit(
+        T.make_network(5, jax.random.key(101), **ARCH),
+        T.objective("narrow", num_problems=batch, sequential=1.0),
+        jax.random.key(201),
+        steps,
+        lr,
+        "narrow_k5_seq",
+        NET_DIR / "narrow_k5_seq.eqx",
+    )
+    print(f"narrow_k5_seq: {steps} steps x {batch} in {record['seconds_this_process']} s")
 
 
 def train_all(steps: int, batch: int, lr: float, arch: dict | None = None, only=None) -> dict:
     """Train the CONFIGS networks (``only``: names like "narrow_k5") with ``arch`` (default
     ARCH); each entry of train_info.json records its own architecture and device."""
-    NET_DIR.mkdir(exist_ok=True)
-    (NET_DIR / "ckpt").mkdir(exist_ok=True)
     arch = arch or ARCH
     info = {}
     for i, (meta, k) in enumerate(CONFIGS):
-        if only and f"{meta}_k{k}" not in only:
+        name = f"{meta}_k{k}"
+        if only and name not in only:
             continue
-        net = T.make_network(k, jax.random.key(100 + i), **arch)
-        obj = T.objective(meta, num_problems=batch)
-        t0 = time.perf_counter()
-        res = dt.train(
-            net,
-            obj,
+        _, record = _fit(
+            T.make_network(k, jax.random.key(100 + i), **arch),
+            T.objective(meta, num_problems=batch),
             jax.random.key(200 + i),
             steps,
-            learning_rate=lr,
-            checkpoint=NET_DIR / "ckpt" / f"{meta}_k{k}.ckpt",
-            every=100,
-            progress=True,
+            lr,
+            name,
+            net_path(meta, k),
         )
-        secs = time.perf_counter() - t0
-        eqx.tree_serialise_leaves(net_path(meta, k), res.net)
-        info[f"{meta}_k{k}"] = {
-            "steps": steps,
-            "batch": batch,
-            "seconds_this_process": round(secs, 1),
-            "final_loss_mean_last100": float(np.mean(res.losses[-100:])),
-            "arch": arch,
-            "lr": lr,
-            "device": jax.devices()[0].device_kind,
-        }
-        print(meta, k, info[f"{meta}_k{k}"], flush=True)
+        info[name] = {**record, "arch": arch}
+        print(meta, k, info[name], flush=True)
     path = NET_DIR / "train_info.json"
     old = json.loads(path.read_text()) if path.exists() else {"arch": ARCH, "lr": lr}
     path.write_text(json.dumps({**old, **info}, indent=1))
@@ -134,29 +141,16 @@ def continue_training(steps: int, batch: int, lr: float, seed: int, only) -> dic
         k = int(k)
         entry = info[name]
         stage = len(entry.get("stages", [])) + 1
-        t0 = time.perf_counter()
-        res = dt.train(
+        _, record = _fit(
             load_net(meta, k),
             T.objective(meta, num_problems=batch),
             jax.random.key(seed),
             steps,
-            learning_rate=lr,
-            checkpoint=NET_DIR / "ckpt" / f"{name}_stage{stage}.ckpt",
-            every=100,
-            progress=True,
+            lr,
+            f"{name}_stage{stage}",
+            net_path(meta, k),
         )
-        eqx.tree_serialise_leaves(net_path(meta, k), res.net)
-        entry.setdefault("stages", []).append(
-            {
-                "steps": steps,
-                "batch": batch,
-                "lr": lr,
-                "seed": seed,
-                "seconds_this_process": round(time.perf_counter() - t0, 1),
-                "final_loss_mean_last100": float(np.mean(res.losses[-100:])),
-                "device": jax.devices()[0].device_kind,
-            }
-        )
+        entry.setdefault("stages", []).append({**record, "seed": seed})
         path.write_text(json.dumps(info, indent=1))
         print(name, entry["stages"][-1], flush=True)
     return info
@@ -307,10 +301,15 @@ def bench_nuts(problems: dict, n: int, warmup: int, samples: int) -> dict:
     return {"warmup": warmup, "samples": samples, **per_problem(problems, n, fit)}
 
 
+def benchmark_problems(meta: str, num: int = 1000) -> dict:
+    """The benchmark's unseen problems for ``meta`` (keys 10_000 + j, never used in training)."""
+    return T.simulate_problems(jax.random.key(10_000 + ("narrow", "wide").index(meta)), meta, num)
+
+
 def bench(num: int, svi_n: int, svi_steps: int, nuts_n: int) -> dict:
     out = {}
-    for j, meta in enumerate(("narrow", "wide")):
-        problems = T.simulate_problems(jax.random.key(10_000 + j), meta, num)
+    for meta in ("narrow", "wide"):
+        problems = benchmark_problems(meta, num)
         row = {f"dt{k}": bench_dt(meta, k, problems) for k in (2, 5)}
         row["svi"] = bench_svi(problems, svi_n, svi_steps)
         row["nuts"] = bench_nuts(problems, nuts_n, 500, 1000)
@@ -468,18 +467,12 @@ def _goal_note(res: dict, num: int) -> str:
     kl = {meta: row["dt5"]["kl_mean"] for meta, row in res.items()}
     met = all(v <= 1e-3 for v in kl.values())
     kls = " / ".join(f"{v:.4f}" for v in kl.values())
+    dt_per_1000 = {meta: row["dt5"]["run_s"] * 1000 / num for meta, row in res.items()}
+    fast = all(row["svi"]["seconds_per_1000"] >= 1000 * dt_per_1000[m] for m, row in res.items())
     return (
         f"DT-5 mean KL {kls} (narrow / wide): the issue's goal of ≤ 0.001 is "
-        + ("met." if met else "not met.")
-        + " Speed goal (≥ 1000× faster than SVI): "
-        + (
-            "met."
-            if all(
-                row["svi"]["seconds_per_1000"] >= 1000 * row["dt5"]["run_s"] * 1000 / num
-                for row in res.values()
-            )
-            else "not met."
-        )
+        f"{'met' if met else 'not met'}. Speed goal (≥ 1000× faster than SVI): "
+        f"{'met' if fast else 'not met'}."
     )
 
 
@@ -524,8 +517,8 @@ def main(argv=None) -> None:
         continue_training(a.steps, a.batch, a.lr, a.seed, a.only)
     elif a.cmd == "bench-dt":  # re-measure the DT rows, keep the stored SVI/NUTS rows
         res = json.loads((NET_DIR / "bench_results.json").read_text())
-        for j, meta in enumerate(("narrow", "wide")):
-            problems = T.simulate_problems(jax.random.key(10_000 + j), meta, a.num)
+        for meta in ("narrow", "wide"):
+            problems = benchmark_problems(meta, a.num)
             res[meta].update({f"dt{k}": bench_dt(meta, k, problems) for k in (2, 5)})
         if "sequential" in res:  # its plain DT-5 row uses narrow_k5
             res["sequential"] = bench_sequential(a.num)

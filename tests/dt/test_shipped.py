@@ -25,8 +25,9 @@ def _load(meta, k, suffix=""):
 def test_shipped_dt5_meets_the_kl_goal_on_the_benchmark_problems(meta):
     """Issue 6's goal, mean KL(exact ‖ DT-5) ≤ 0.001 over the benchmark's 1000 unseen problems
     (the keys `python -m benchmarks.dt bench` uses; never used in training)."""
-    j = ("narrow", "wide").index(meta)
-    problems = T.simulate_problems(jax.random.key(10_000 + j), meta, 1000)
+    from benchmarks import dt as B
+
+    problems = B.benchmark_problems(meta, 1000)
     kl = np.asarray(T.dt_kl(_load(meta, 5), problems))
     assert np.mean(kl) <= 1e-3, np.mean(kl)
 
