@@ -14,9 +14,24 @@ from numpyro.handlers import block, seed, substitute, trace
 from numpyro.primitives import Messenger
 
 from ..sharding import _particle_placement
-from .distributions import log_prob
+from .consistency import check_model_guide
+from .distributions import base_distribution, log_prob
 from .finite import check_site
-from .runtime import RunState, SiteInfo, apply_strategies, current_run, record_terms
+from .model_enum import (
+    CollapsedTerm,
+    check_enumerable,
+    collapsed_terms,
+    is_marked,
+    max_plate_nesting,
+)
+from .runtime import (
+    RunState,
+    SiteInfo,
+    apply_strategies,
+    current_run,
+    record_term,
+    record_terms,
+)
 
 
 class Simulation(NamedTuple):
@@ -33,8 +48,16 @@ class Simulation(NamedTuple):
 
 
 def site_log_prob_array(site) -> Any:
-    """Scaled log density of one traced sample site, per batch element."""
-    lp = log_prob(site["fn"], site["value"])
+    """Scaled log density of one traced sample site, per batch element.
+
+    A transformed site that kept its intermediates (NumPyro records them when it samples)
+    is scored from them, never by inverting the value: flows that only define the forward
+    map (e.g. ``AutoBNAFNormal``) work.
+    """
+    if site.get("intermediates"):
+        lp = site["fn"].log_prob(site["value"], site["intermediates"])
+    else:
+        lp = log_prob(site["fn"], site["value"])
     if site.get("scale") is not None:
         lp = site["scale"] * lp
     return lp
@@ -53,7 +76,10 @@ def site_log_prob_fixed(site, fixed: str) -> Any:
         fn = jax.tree.map(jax.lax.stop_gradient, fn)
     else:
         value = jax.lax.stop_gradient(value)
-    lp = log_prob(fn, value)
+    try:
+        lp = log_prob(fn, value)
+    except NotImplementedError:  # a transform without an inverse: no fixed-value score
+        return None
     if site.get("scale") is not None:
         lp = site["scale"] * lp
     return lp
@@ -75,15 +101,19 @@ def simulate(guide: Callable, *args, **kwargs) -> Simulation:
     values, arrays, lp_stl = {}, {}, jnp.zeros(())
     for name, site in tr.items():
         if site["type"] == "sample":
-            values[name] = site["value"]
+            arrays[name] = site_log_prob_array(site)
             if not site["is_observed"]:
-                arrays[name] = site_log_prob_array(site)
-                lp_stl = lp_stl + jnp.sum(site_log_prob_fixed(site, "params"))
+                values[name] = site["value"]
+                fixed = site_log_prob_fixed(site, "params") if lp_stl is not None else None
+                lp_stl = None if fixed is None else lp_stl + jnp.sum(fixed)
+            elif lp_stl is not None:  # NumPyro's Trace_ELBO: an observed guide site counts in log q
+                lp_stl = lp_stl + jnp.sum(arrays[name])
         elif site["type"] == "plate" and site["args"][1] not in (None, site["args"][0]):
             values[name] = site["value"]  # a subsampled plate: the model sees the same minibatch
     for name, lp in arrays.items():
         check_site(name, tr[name], lp, "ppl.simulate")
     record_terms(tr, arrays, -1.0)
+    register_guide_run(values, tr)
     return Simulation(values, _total(arrays), tr, lp_stl)
 
 
@@ -91,17 +121,34 @@ def _total(arrays):
     return sum((jnp.sum(a) for a in arrays.values()), start=jnp.zeros(()))
 
 
-class _require_values(Messenger):
+class _fill_enumerated(Messenger):
+    """Every latent site needs a value, except sites marked for enumeration, which get a
+    placeholder (their first support value) in this shape-and-structure run."""
+
     def __init__(self, fn, values, what):
-        self.values, self.what = values, what
+        self.values, self.what, self.enumerated = values, what, []
         super().__init__(fn)
 
     def process_message(self, msg):
-        if msg["type"] == "sample" and not msg["is_observed"] and msg["name"] not in self.values:
-            raise ValueError(
-                f"{self.what}: latent site '{msg['name']}' of the model has no value; "
-                f"given values for {sorted(self.values)}"
+        if msg["type"] != "sample" or msg["is_observed"] or msg["name"] in self.values:
+            return
+        name, fn = msg["name"], msg["fn"]
+        if is_marked(msg):
+            check_enumerable(name, fn)
+            self.enumerated.append(name)
+            support = fn.enumerate_support(expand=True)
+            msg["value"] = support[(0,) * (jnp.ndim(support) - len(fn.shape()))]
+            return
+        hint = ""
+        if getattr(base_distribution(fn), "has_enumerate_support", False):
+            hint = (
+                "; to sum it out exactly, mark it infer={'enumerate': 'parallel'} "
+                "(or wrap the model in numpyro.contrib.funsor.config_enumerate)"
             )
+        raise ValueError(
+            f"{self.what}: latent site '{name}' of the model has no value; "
+            f"given values for {sorted(self.values)}{hint}"
+        )
 
 
 class _fix_params(Messenger):
@@ -110,14 +157,37 @@ class _fix_params(Messenger):
             msg["value"] = jax.lax.stop_gradient(msg["value"])
 
 
+def register_guide_run(values: dict, guide_trace) -> None:
+    """Remember which guide run produced ``values`` (for :func:`density`'s checks)."""
+    state = current_run()
+    if state is not None:
+        state.top.guide_runs[id(values)] = (values, guide_trace)
+
+
+def _guide_trace_of(values: dict):
+    state = current_run()
+    if state is None:
+        return None
+    entry = state.top.guide_runs.get(id(values))
+    return entry[1] if entry is not None and entry[0] is values else None
+
+
 def density(model: Callable, values: dict, *args, fix_params: bool = False, **kwargs):
     """Log joint density ``log p(values, observations)`` of ``model`` (scaled by plates).
 
-    Every latent site of ``model`` must have a value in ``values`` (extra entries are
-    ignored); ``values`` may be a :func:`ppl.simulate` result, whose sites are then also
-    checked against the model's (discrete vs continuous). The model's sites are not
-    random choices of the enclosing expectation.
-    ``fix_params=True`` holds the model's ``numpyro.param`` values fixed (stop-gradient).
+    Every latent site of ``model`` needs a value in ``values`` (extra entries are
+    ignored), except sites marked for enumeration (``infer={"enumerate": "parallel"}``,
+    NumPyro's ``config_enumerate``): those without a value are summed out exactly, by
+    variable elimination with NumPyro's funsor machinery (plates, ``markov``, ``scan``),
+    so ``density`` returns ``log sum_z p(values, z, observations)``.
+
+    When ``values`` comes from a guide run (a :func:`ppl.simulate` result or its
+    ``.values``), model and guide are checked against each other first
+    (:class:`ppl.ModelGuideMismatch`: guide sites the model lacks unless marked
+    ``is_auxiliary``, observed or enumerated model sites the guide samples, shapes and
+    plate sizes that differ, discrete vs continuous). The model's sites are not random
+    choices of the enclosing expectation. ``fix_params=True`` holds the model's
+    ``numpyro.param`` values fixed (stop-gradient).
     """
     guide_trace = None
     if isinstance(values, Simulation):
@@ -127,21 +197,39 @@ def density(model: Callable, values: dict, *args, fix_params: bool = False, **kw
             f"ppl.density: values must be a dict of site values or a ppl.simulate result, "
             f"got {type(values)}"
         )
-    fn = _require_values(substitute(model, data=values), values, "ppl.density")
+    if guide_trace is None:
+        guide_trace = _guide_trace_of(values)
+    fn = substitute(model, data=values)
     if fix_params:
         fn = _fix_params(fn)
+    filled = _fill_enumerated(fn, values, "ppl.density")
     with block(hide_fn=lambda msg: msg["type"] == "sample"):
-        tr = trace(fn).get_trace(*args, **kwargs)
-    arrays = {}
-    for name, site in tr.items():
-        if site["type"] == "sample":
+        tr = trace(filled).get_trace(*args, **kwargs)
+    if guide_trace is not None:
+        marked = {n for n, s in tr.items() if s["type"] == "sample" and is_marked(s)}
+        check_model_guide(tr, guide_trace, values, marked)
+    if filled.enumerated:
+        terms, _ = collapsed_terms(fn, args, kwargs, max_plate_nesting(tr))
+    else:
+        terms = [
+            CollapsedTerm(n, None, tuple(s.get("cond_indep_stack") or ()), s)
+            for n, s in tr.items()
+            if s["type"] == "sample"
+        ]
+    total = jnp.zeros(())
+    for term in terms:
+        lp = term.lp
+        if term.site is not None:
+            name, site = term.name, term.site
             _check_shape(name, site)
             if guide_trace is not None and not site["is_observed"] and name in guide_trace:
                 _check_support(name, site, guide_trace[name])
-            arrays[name] = site_log_prob_array(site)
-            check_site(name, site, arrays[name], "ppl.density")
-    record_terms(tr, arrays, 1.0)
-    return _total(arrays)
+            if lp is None:
+                lp = site_log_prob_array(site)
+            check_site(name, site, lp, "ppl.density")
+        record_term(lp, term.frames, 1.0, term.name)
+        total = total + jnp.sum(lp)
+    return total
 
 
 def _check_support(name, site, guide_site):

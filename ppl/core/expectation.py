@@ -367,6 +367,12 @@ def _drop_own_score(sites, terms, fixed_terms, weight, kinds):
         own = [t for t, info in enumerate(terms) if info.name == s.name and info.sign < 0]
         if len(own) != 1:
             continue
+        if fixed_terms[own[0]] is None:
+            raise ValueError(
+                f"site '{s.name}': its log q cannot be evaluated at a fixed value (the "
+                "guide's transform has no inverse), which stick_the_landing and the "
+                "Rao-Blackwellized score need; use stick_the_landing=False"
+            )
         lp = jnp.sum(fixed_terms[own[0]].reshape(weight.shape[0], -1), axis=1)
         total = total + jnp.sum(weight * (lp - lax.stop_gradient(lp)))
     return total

@@ -110,6 +110,7 @@ class RunState:
         self.learned: dict[int, Any] = {}  # order -> learned baseline value (differentiable)
         self.running: dict[int, RunningBaseline] = {}  # order -> running baseline read
         self.state_updates: dict[str, Any] = {}  # mutable-site name -> next value
+        self.guide_runs: dict[int, tuple] = {}  # id(values) -> (values, guide trace)
 
     def next_order(self) -> int:
         order = self.counter[0]
@@ -153,6 +154,14 @@ def record_terms(trace, arrays: dict, sign: float) -> None:
         state.terms.append(Term(lp, plates, sign, name, fixed))
 
 
+def record_term(lp, frames, sign: float, name: str) -> None:
+    """Record one log-density term (per element of the plates ``frames``)."""
+    state = current_run()
+    if state is None or state.in_particles():
+        return
+    state.terms.append(Term(lp, plate_frames(frames), sign, name))
+
+
 class apply_strategies(Messenger):
     """Apply each sample site's gradient strategy for the run ``state``."""
 
@@ -181,6 +190,8 @@ class apply_strategies(Messenger):
         state = self.state
         name, fn, x = msg["name"], msg["fn"], msg["value"]
         spec = msg["infer"].get("grad")
+        if spec is None and msg["infer"].get("enumerate") == "parallel":
+            spec = "enum"  # NumPyro's guide-side enumeration: an exact sum over the site
         strat = resolve_strategy(name, fn, spec)
         order = state.next_order()
         if state.mode == "discover":

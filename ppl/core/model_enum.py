@@ -1,0 +1,281 @@
+"""Model-side enumeration: ``ppl.density`` sums out discrete model latents that have no value.
+
+A model site marked ``infer={"enumerate": "parallel"}`` (NumPyro's ``config_enumerate``)
+that is given no value is eliminated exactly by tensor variable elimination in log space,
+with NumPyro's funsor machinery (``numpyro.contrib.funsor``: ``enum``, plates, ``markov``,
+``scan``), as ``TraceEnum_ELBO`` does:
+
+    log p(x, z_values) = sum_g scale_g * log sum_{e in g} prod_{f in g} exp(f)
+
+The model's log factors are split into groups connected by enumerated variables. A factor
+that touches none is an ordinary term of its own site; each group is contracted over its
+enumerated variables and over every plate not shared by all of its factors, and is kept
+per element of the plates all its factors share, so that Rao-Blackwellization and the
+per-element plate corrections of ``ppl.expectation`` see it as one term per plate element
+(whose provenance is every value its factors read). A Markov chain (``markov`` or
+``scan``) costs O(T S^(order+1)).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, defaultdict
+from typing import NamedTuple
+
+import funsor
+import jax.numpy as jnp
+import numpy as np
+from numpyro.contrib.funsor import enum, plate_to_enum_plate, to_data, to_funsor
+from numpyro.contrib.funsor import trace as packed_trace
+from numpyro.contrib.funsor.infer_util import _get_shift, _shift_name, compute_markov_factors
+from numpyro.handlers import block
+from numpyro.primitives import Messenger
+
+from .distributions import base_distribution, log_prob
+
+funsor.set_backend("jax")
+
+
+class EnumerationError(ValueError):
+    """A model whose enumerated sites cannot be summed out as written (the site is named)."""
+
+
+class CollapsedTerm(NamedTuple):
+    """One log-density term of a model with enumerated sites: per element of ``frames``."""
+
+    name: str  # the site's name, or "enum(z1,z2)" for an eliminated group
+    lp: object  # array aligned to the plate dims of ``frames`` (plate-scaled)
+    frames: tuple  # plates the term is kept per element of: CondIndepStackFrame
+    site: dict | None  # the trace site of a single-site term (None for a group)
+
+
+def is_marked(site) -> bool:
+    """NumPyro's marker for model-side enumeration."""
+    return (site.get("infer") or {}).get("enumerate") == "parallel"
+
+
+def check_enumerable(name: str, fn) -> None:
+    """A site marked for enumeration must have finite support."""
+    if not getattr(base_distribution(fn), "has_enumerate_support", False):
+        raise EnumerationError(
+            f"site '{name}' is marked infer={{'enumerate': 'parallel'}} but "
+            f"{type(base_distribution(fn)).__name__} has no finite support to sum over; "
+            "remove the mark (and give the site a value, e.g. sample it in the guide)"
+        )
+
+
+def max_plate_nesting(trace) -> int:
+    """How many batch dims the model's plates use (from a plain trace)."""
+    dims = [-f.dim for s in trace.values() for f in s.get("cond_indep_stack") or [] if f.dim]
+    return max(dims, default=0)
+
+
+def _site_log_prob(site):
+    fn, value = site["fn"], site["value"]
+    if site.get("intermediates"):
+        return fn.log_prob(value, site["intermediates"])
+    return log_prob(fn, value)
+
+
+def _scale_of(site) -> float:
+    scale = site.get("scale")
+    if scale is None:
+        return 1.0
+    try:
+        arr = np.asarray(scale)
+    except Exception:  # a traced scale (jax tracer)
+        raise EnumerationError(
+            f"site '{site['name']}': handlers.scale with a traced or array scale cannot be "
+            "combined with model-side enumeration (the scale must be a concrete number)"
+        ) from None
+    if arr.size != 1:
+        raise EnumerationError(
+            f"site '{site['name']}': enumeration needs a scalar scale; got shape {arr.shape}"
+        )
+    return float(arr.reshape(()))
+
+
+def _base_name(name: str) -> str:
+    return _shift_name(name, -_get_shift(name))
+
+
+class _UnionFind:
+    def __init__(self):
+        self.parent = {}
+
+    def find(self, x):
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a, b):
+        self.parent[self.find(a)] = self.find(b)
+
+
+class _own_infer(Messenger):
+    """Give each site its own ``infer`` dict: the enumeration trace writes into it, and a
+    dict shared between sites (``E = {"enumerate": "parallel"}`` at module level) would
+    otherwise carry one site's dims into another's."""
+
+    def process_message(self, msg):
+        if msg["type"] == "sample":
+            msg["infer"] = dict(msg.get("infer") or {})
+
+
+def collapsed_terms(fn, args, kwargs, nesting: int) -> tuple[list[CollapsedTerm], dict]:
+    """Run ``fn`` (the model with values substituted) under enumeration and eliminate.
+
+    Returns the terms (ordinary sites and eliminated groups, in trace order) and the
+    enumerated trace.
+    """
+    with block(hide_fn=lambda msg: msg["type"] == "sample"):
+        with plate_to_enum_plate(), enum(first_available_dim=-nesting - 1):
+            tr = packed_trace(_own_infer(fn)).get_trace(*args, **kwargs)
+
+    plate_dims, frames_by_name = {}, {}
+    for site in tr.values():
+        for f in site.get("cond_indep_stack") or []:
+            if f.dim is not None:
+                plate_dims[f.name] = f.dim
+                frames_by_name[f.name] = f
+    samples = [s for s in tr.values() if s["type"] == "sample"]
+    enumerated = {
+        s["name"]
+        for s in samples
+        if not s["is_observed"] and s["name"] in s["infer"]["dim_to_name"].values()
+    }
+    unobserved = frozenset(s["name"] for s in samples if not s["is_observed"])
+
+    # log factors, unscaled (a common scale is applied after contraction)
+    factors = []  # (funsor, site names, lp array or None)
+    time_factors, time_sites = defaultdict(list), defaultdict(list)
+    time_init, time_markov = defaultdict(frozenset), defaultdict(frozenset)
+    history = 0
+    for site in samples:
+        lp = _site_log_prob(site)
+        dim_to_name = site["infer"]["dim_to_name"]
+        if all(d == 1 for d in jnp.shape(lp)) and not dim_to_name:
+            lp = jnp.reshape(lp, ())
+        factor = to_funsor(lp, output=funsor.Real, dim_to_name=dim_to_name)
+        time_var = None
+        for dim, name in dim_to_name.items():
+            if name.startswith("_time"):
+                time_var = funsor.Variable(name, funsor.Bint[jnp.shape(lp)[dim]])
+                history = max(history, max(_get_shift(n) for n in dim_to_name.values()))
+                break
+        if time_var is None:
+            factors.append((factor, [site["name"]], lp))
+            continue
+        time_factors[time_var].append(factor)
+        time_sites[time_var].append(site["name"])
+        time_init[time_var] |= frozenset(n for n in dim_to_name.values() if n.startswith("_PREV_"))
+    if time_factors and history == 0:
+        raise EnumerationError(
+            f"scan sites {sorted({n for v in time_sites.values() for n in v})}: a scan whose "
+            "steps share no enumerated state cannot be eliminated here; use a plate instead"
+        )
+    for time_var, init_vars in time_init.items():
+        for var in init_vars:
+            current = _base_name(var)
+            names = tr[current]["infer"]["dim_to_name"].values()
+            if var in names:
+                time_markov[time_var] |= frozenset(names)
+    if time_factors:
+        markov = compute_markov_factors(
+            time_factors,
+            time_init,
+            time_markov,
+            unobserved,
+            frozenset(plate_dims),
+            history,
+            funsor.ops.logaddexp,
+            funsor.ops.add,
+        )
+        for time_var, factor in zip(time_factors, markov, strict=True):
+            factors.append((factor, time_sites[time_var], None))
+
+    # groups: factors connected through enumerated variables
+    def enum_inputs(factor):
+        return {_base_name(k) for k in factor.inputs if _base_name(k) in enumerated}
+
+    uf = _UnionFind()
+    for i, (factor, _, _) in enumerate(factors):
+        uf.find(("f", i))
+        for var in enum_inputs(factor):
+            uf.union(("f", i), ("v", var))
+    groups = OrderedDict()
+    for i in range(len(factors)):
+        groups.setdefault(uf.find(("f", i)), []).append(i)
+
+    terms = []
+    for members in groups.values():
+        names = [n for i in members for n in factors[i][1]]
+        group_enum = {v for i in members for v in enum_inputs(factors[i][0])}
+        if not group_enum:  # an ordinary site: its own term, as without enumeration
+            (i,) = members
+            site = tr[names[0]]
+            lp = factors[i][2]
+            scale = site.get("scale")
+            terms.append(
+                CollapsedTerm(
+                    site["name"],
+                    lp if scale is None else scale * lp,
+                    tuple(site.get("cond_indep_stack") or ()),
+                    site,
+                )
+            )
+            continue
+        terms.append(
+            _contract(
+                tr, [factors[i][0] for i in members], names, group_enum, plate_dims, frames_by_name
+            )
+        )
+    return terms, tr
+
+
+def _contract(tr, group, names, group_enum, plate_dims, frames_by_name) -> CollapsedTerm:
+    inputs = frozenset().union(*(f.inputs for f in group))
+    group_plates = frozenset(k for k in inputs if k in plate_dims)
+    outermost = frozenset.intersection(*(frozenset(f.inputs) & group_plates for f in group))
+    eliminate = frozenset(k for k in inputs if _base_name(k) in group_enum)
+    label = f"enum({','.join(sorted(group_enum))})"
+    try:
+        with funsor.interpretations.lazy:
+            cost = funsor.sum_product.sum_product(
+                funsor.ops.logaddexp,
+                funsor.ops.add,
+                group,
+                eliminate=eliminate | (group_plates - outermost),
+                plates=group_plates,
+            )
+        cost = funsor.optimizer.apply_optimizer(cost)
+    except (ValueError, NotImplementedError) as err:
+        raise EnumerationError(
+            f"sites {sorted(set(names))}: the enumerated sites {sorted(group_enum)} cannot be "
+            f"summed out exactly with plates {sorted(group_plates)} ({err}); enumerate fewer "
+            "sites or sample some of them in the guide"
+        ) from err
+    left = set(cost.inputs) - outermost
+    if left:
+        raise EnumerationError(
+            f"sites {sorted(set(names))}: summing out {sorted(group_enum)} left the "
+            f"variables {sorted(left)}; this structure cannot be eliminated exactly"
+        )
+    scales = {_scale_of(tr[n]) for n in names}
+    if len(scales) != 1:
+        detail = ", ".join(f"'{n}': {_scale_of(tr[n]):g}" for n in sorted(set(names)))
+        raise EnumerationError(
+            f"enumerated sites {sorted(group_enum)} and the sites they touch have different "
+            f"scales ({detail}): log sum_z of a scaled joint is not the scaled log marginal. "
+            "This happens when a global enumerated site has children in a subsampled plate "
+            "or under handlers.scale; sample that site in the guide instead"
+        )
+    (scale,) = scales
+    kept = sorted(outermost, key=lambda p: plate_dims[p])
+    lp = to_data(cost, name_to_dim=OrderedDict((p, plate_dims[p]) for p in kept))
+    lp = jnp.asarray(lp)
+    if scale != 1.0:
+        lp = scale * lp
+    frames = tuple(frames_by_name[p] for p in kept)
+    return CollapsedTerm(label, lp, frames, None)
