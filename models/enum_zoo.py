@@ -257,10 +257,8 @@ ZOO = [
     Case("hmm_markov_short", hmm_markov, (_series(6),), markov=True),
     Case("hmm_scan_short", hmm_scan, (_series(6),), markov=True, scan=True),
     Case("hmm2_markov_short", hmm2_markov, (_series(5),), markov=True),
-    Case("hmm2_scan_short", hmm2_scan, (_series(5),), markov=True, scan=True),
     Case("factorial_hmm_short", factorial_hmm, (_series(4),), markov=True),
     Case("hmm_sequences", hmm_sequences, (jnp.stack([_series(4), _series(4, 1.0)], 1),)),
     Case("hmm_markov_50", hmm_markov, (_series(50),), markov=True),
     Case("hmm_scan_60", hmm_scan, (_series(60),), markov=True, scan=True),
-    Case("hmm2_scan_50", hmm2_scan, (_series(50),), markov=True, scan=True),
 ]

@@ -1,9 +1,11 @@
 """The transformation: expectations, strategies, continuations, surrogates."""
 
+from .consistency import ModelGuideMismatch
 from .constructs import Simulation, density, particles, simulate
 from .expectation import Expectation, expectation
 from .finite import NonFiniteError, check_finite
 from .marginal import Marginal, Normalize, marginal, normalize
+from .model_enum import EnumerationError
 from .running import RunningBaseline, running_baseline
 from .strategies import (
     MVD,
@@ -48,5 +50,7 @@ __all__ = [
     "RunningBaseline",
     "running_baseline",
     "NonFiniteError",
+    "ModelGuideMismatch",
+    "EnumerationError",
     "check_finite",
 ]

@@ -30,7 +30,9 @@ import ppl
 from models import enum_zoo
 from models.enum_zoo import ZOO
 
-_spec = importlib.util.spec_from_file_location("enum_reference", Path(__file__).with_name("reference.py"))
+_spec = importlib.util.spec_from_file_location(
+    "enum_reference", Path(__file__).with_name("reference.py")
+)
 ref = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ref)
 
@@ -40,7 +42,8 @@ RTOL = 1e-5
 def _has_continuous(case):
     sites = numpyro_trace(case)
     return any(
-        s["type"] == "sample" and not s["is_observed"] and not ref.is_enum(s) for s in sites.values()
+        s["type"] == "sample" and not s["is_observed"] and not ref.is_enum(s)
+        for s in sites.values()
     )
 
 
@@ -110,7 +113,14 @@ def _close(a, b):
     np.testing.assert_allclose(a, b, rtol=RTOL, atol=RTOL * max(1.0, float(np.max(np.abs(b)))))
 
 
-FAST = {"mixture", "nested_dependent", "two_plates", "hmm_scan_short", "hmm2_markov_short", "scaled"}
+FAST = {
+    "mixture",
+    "nested_dependent",
+    "two_plates",
+    "hmm_scan_short",
+    "hmm2_markov_short",
+    "scaled",
+}
 CASES = [c if c.name in FAST else pytest.param(c, marks=pytest.mark.slow) for c in ZOO]
 
 

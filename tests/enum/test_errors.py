@@ -1,0 +1,171 @@
+"""Inconsistent programs are refused by name, at trace time (no wrong number)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from numpyro.infer import Trace_ELBO
+
+import ppl
+
+KEY = jax.random.PRNGKey(0)
+X = jnp.array([0.3, -1.2, 2.0, 0.7])
+
+
+def loss(model, guide, *args, objective=None, params=None):
+    objective = objective or ppl.objectives.elbo()
+    return objective.loss(KEY, params or {}, model, guide, *args)
+
+
+def plated_model(x):
+    with numpyro.plate("data", x.shape[0]):
+        z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+        numpyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+
+def plated_guide(x):
+    with numpyro.plate("data", x.shape[0]):
+        numpyro.sample("z", dist.Normal(0.1, 1.0))
+
+
+# --- model/guide consistency ------------------------------------------------------------
+def test_guide_site_missing_from_model():
+    def guide(x):
+        plated_guide(x)
+        numpyro.sample("extra", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(ppl.ModelGuideMismatch, match="'extra'.*model has no sample site"):
+        loss(plated_model, guide, X)
+
+
+def test_auxiliary_guide_site_is_allowed():
+    def guide(x):
+        u = numpyro.sample("u", dist.Normal(0.0, 1.0), infer={"is_auxiliary": True})
+        with numpyro.plate("data", x.shape[0]):
+            numpyro.sample("z", dist.Normal(0.1 * u, 1.0))
+
+    value = loss(plated_model, guide, X)
+    assert np.isfinite(float(value))
+
+
+@pytest.mark.parametrize("shape", ["scalar", "plate_of_1"])
+def test_guide_shape_smaller_than_model(shape):
+    def guide(x):
+        if shape == "scalar":
+            numpyro.sample("z", dist.Normal(0.1, 1.0))
+        else:
+            with numpyro.plate("data", 1):
+                numpyro.sample("z", dist.Normal(0.1, 1.0))
+
+    with pytest.raises(ppl.ModelGuideMismatch, match="shapes disagree at site 'z'.*\\(4,\\)"):
+        loss(plated_model, guide, X)
+
+
+def test_plate_size_differs():
+    def model(x):
+        with numpyro.plate("data", 4, dim=-1):
+            z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([5, 1]).to_event(0))
+            numpyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):
+        with numpyro.plate("data", 5, dim=-2):
+            numpyro.sample("z", dist.Normal(0.1, 1.0).expand([5, 4]).to_event(0))
+
+    with pytest.raises(ppl.ModelGuideMismatch, match="site 'z'"):
+        loss(model, guide, X)
+
+
+def test_guide_samples_an_observed_site():
+    def guide(x):
+        plated_guide(x)
+        with numpyro.plate("data", x.shape[0]):
+            numpyro.sample("x", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(ppl.ModelGuideMismatch, match="'x' is observed in the model"):
+        loss(plated_model, guide, X)
+
+
+def test_user_objective_with_values_dict_is_checked_too():
+    @ppl.objective
+    def my_elbo(model, guide, *args):
+        q = ppl.simulate(guide, *args)
+        return ppl.density(model, q.values, *args) - q.log_prob
+
+    def guide(x):
+        numpyro.sample("z", dist.Normal(0.1, 1.0))
+
+    with pytest.raises(ppl.ModelGuideMismatch, match="site 'z'"):
+        loss(plated_model, guide, X, objective=my_elbo)
+
+
+def test_consistent_guide_matches_trace_elbo():
+    """The check does not change a consistent program's value (deterministic guide)."""
+
+    def guide(x):
+        with numpyro.plate("data", x.shape[0]):
+            numpyro.sample("z", dist.Delta(0.25 * x))
+
+    ours = loss(plated_model, guide, X)
+    theirs = Trace_ELBO().loss(KEY, {}, plated_model, guide, X)
+    np.testing.assert_allclose(float(ours), float(theirs), rtol=1e-6)
+
+
+# --- enumeration errors -----------------------------------------------------------------
+def test_enumerated_continuous_site():
+    def model(x):
+        z = numpyro.sample("z", dist.Normal(0.0, 1.0), infer={"enumerate": "parallel"})
+        numpyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    with pytest.raises(ppl.EnumerationError, match="site 'z'.*Normal has no finite support"):
+        loss(model, lambda x: None, X[0])
+
+
+def test_enumerated_site_also_sampled_by_guide():
+    def model(x):
+        z = numpyro.sample("z", dist.Bernoulli(0.3), infer={"enumerate": "parallel"})
+        numpyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):
+        numpyro.sample("z", dist.Bernoulli(0.5))
+
+    with pytest.raises(ppl.ModelGuideMismatch, match="'z' is marked for enumeration"):
+        loss(model, guide, X[0])
+
+
+def test_missing_discrete_site_hints_at_enumeration():
+    def model(x):
+        z = numpyro.sample("z", dist.Bernoulli(0.3))
+        numpyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    with pytest.raises(ValueError, match="'z' of the model has no value.*enumerate"):
+        loss(model, lambda x: None, X[0])
+
+
+def test_global_enumerated_site_with_subsampled_children():
+    """log sum_g of a subsample-scaled joint is not the scaled marginal: refused."""
+
+    def model(x):
+        g = numpyro.sample("g", dist.Bernoulli(0.5), infer={"enumerate": "parallel"})
+        with numpyro.plate("data", x.shape[0], subsample_size=2) as idx:
+            numpyro.sample("x", dist.Normal(g * 1.0, 1.0), obs=x[idx])
+
+    def guide(x):
+        with numpyro.plate("data", x.shape[0], subsample_size=2):
+            pass
+
+    with pytest.raises(ppl.EnumerationError, match="different scales"):
+        loss(model, guide, X)
+
+
+def test_traced_scale_is_refused():
+    def model(x, s):
+        with numpyro.handlers.scale(scale=s):
+            z = numpyro.sample("z", dist.Bernoulli(0.5), infer={"enumerate": "parallel"})
+            numpyro.sample("x", dist.Normal(z * 1.0, 1.0), obs=x)
+
+    with pytest.raises(ppl.EnumerationError, match="site 'z'"):
+        jax.jit(lambda s: loss(model, lambda x, s: None, X[0], s))(jnp.array(0.5))
