@@ -112,7 +112,8 @@ def check_unbiased(
         raise AssertionError(_nonfinite_message(samples, "estimator under check_unbiased"))
     err = np.abs(mean - exact)
     floor = atol + 1e-5 * np.abs(exact)  # float32 rounding of deterministic coordinates
-    z = err / np.maximum(stderr, 1e-300)
+    with np.errstate(divide="ignore", invalid="ignore"):  # zero SE: z is inf (or 0 below)
+        z = np.where(stderr > 0, err / np.where(stderr > 0, stderr, 1.0), np.inf)
     bad = (err > n_sigma * stderr) & (err > floor)
     report = UnbiasedReport(
         mean, stderr, exact, np.where(err <= floor, 0.0, z), num_samples, float(n_sigma)
