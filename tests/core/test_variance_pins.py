@@ -343,12 +343,14 @@ def gauss_guide(x):
     numpyro.sample("z", dist.Normal(numpyro.param("m", 0.0), numpyro.param("s", 1.0)))
 
 
-def dreg_reference(eps, m, s, m0, power=2):
-    """The DReG IWAE estimator at guide noise ``eps`` (K,), written directly:
+def dreg_reference(eps, m, s, m0, power=2, kind="iwae"):
+    """A doubly-reparameterized estimator at guide noise ``eps`` (K,), written directly:
     z = m + s ε, lw = log N(z; m0, 1) + log N(x; z, 1) − log N(z; m, s), w̃ = softmax(lw),
     ∂lw/∂z (q's parameters held) = −(z − m0) + (x − z) + (z − m)/s²;
-    (value, ∂/∂m, ∂/∂m0, ∂/∂s) = (log mean exp lw, Σ w̃² ∂lw/∂z, Σ w̃ (z − m0),
-    Σ w̃² ∂lw/∂z ε). ``power=1`` is the bug (w̃ for w̃²)."""
+    (value, ∂/∂m, ∂/∂m0, ∂/∂s) = (log mean exp lw, Σ v ∂lw/∂z, Σ w̃ (z − m0),
+    Σ v ∂lw/∂z ε) with v = w̃² for IWAE (``power=1``, v = w̃, is the bug) and v = w̃ − w̃²
+    for reweighted wake-sleep (``kind="rws"``); ``kind="rws_plain"``: the plain wake-phi
+    Σ w̃ ∇log q(z) at fixed z, ∇_m log q = (z − m)/s², ∇_s log q = (z − m)²/s³ − 1/s."""
     z = m + s * eps
     lw = (
         -0.5 * (z - m0) ** 2
@@ -360,9 +362,11 @@ def dreg_reference(eps, m, s, m0, power=2):
     w = jax.nn.softmax(lw)
     dz = -(z - m0) + (X_GAUSS - z) + (z - m) / s**2
     value = jax.nn.logsumexp(lw) - jnp.log(eps.shape[0])
-    return jnp.stack(
-        [value, jnp.sum(w**power * dz), jnp.sum(w * (z - m0)), jnp.sum(w**power * dz * eps)]
-    )
+    theta = jnp.sum(w * (z - m0))
+    if kind == "rws_plain":
+        return jnp.stack([value, jnp.sum(w * eps / s), theta, jnp.sum(w * (eps**2 - 1) / s)])
+    v = w - w**2 if kind == "rws" else w**power
+    return jnp.stack([value, jnp.sum(v * dz), theta, jnp.sum(v * dz * eps)])
 
 
 def quadrature_moments(fn, num_nodes):
@@ -416,3 +420,32 @@ def test_dreg_iwae_mean_and_variance():
     bug_mean, bug_var, _ = quadrature_moments(lambda e: dreg_reference(e, m, s, m0, 1), 20)
     bug_z = np.abs(bug_mean - mean) / np.sqrt(bug_var / n)
     assert max(bug_z[1], bug_z[3]) > POWER, bug_z
+
+
+def test_rws_dreg_mean_and_variance():
+    """Reweighted wake-sleep with DReG's wake-phi (K = 3) on the same conjugate model: exact
+    mean and variance by quadrature of the estimator written directly; its mean equals the
+    quadrature mean of the plain wake-phi Σ w̃ ∇log q(z) (the DReG identity for RWS). An
+    independent reference for ppl's rws(dreg=True) and for ppl's plain rws, rather than
+    each other."""
+    m, s, m0 = (DREG_PARAMS[k] for k in ("m", "s", "m0"))
+    mean, var, _ = quadrature_moments(lambda e: dreg_reference(e, m, s, m0, kind="rws"), 24)
+    plain, plain_var, _ = quadrature_moments(
+        lambda e: dreg_reference(e, m, s, m0, kind="rws_plain"), 24
+    )
+    np.testing.assert_allclose(plain, mean, rtol=1e-4, atol=1e-5)
+    n = 4000
+    for dreg, exact_mean, exact_var in ((True, mean, var), (False, plain, plain_var)):
+        loss = ppl.objectives.rws(DREG_K, dreg=dreg)
+
+        def estimator(k, loss=loss):
+            def objective(p):
+                return -loss.loss(k, p, gauss_model, gauss_guide, X_GAUSS)
+
+            return jax.value_and_grad(objective)(DREG_PARAMS)
+
+        est_mean, est_se, samples = estimator_stats(estimator, KEY, n)
+        z_mean = (est_mean - exact_mean) / est_se
+        print(f"rws(dreg={dreg}) mean z:", np.round(z_mean, 2))
+        assert np.all(np.abs(z_mean) < N_SIGMA), (est_mean, exact_mean, est_se)
+        assert_pinned(samples, exact_var, [f"dreg={dreg} {c}" for c in ("value", "m", "m0", "s")])
