@@ -566,7 +566,8 @@ def bonferroni_sigma(num_tests: int, family_alpha: float = 1e-3) -> float:
 
 @dataclasses.dataclass
 class FuzzResult:
-    """Per program: exact value+gradient, estimator mean and standard error, z-scores."""
+    """Per program: exact value+gradient, estimator mean and standard error, z-scores and
+    the failing coordinates; ``ok`` is True exactly when none fails."""
 
     spec: ProgramSpec
     exact: np.ndarray
@@ -574,6 +575,10 @@ class FuzzResult:
     stderr: np.ndarray
     z: np.ndarray
     bad: np.ndarray
+
+    @property
+    def ok(self) -> bool:
+        return not bool(np.any(self.bad))
 
 
 def check_programs(
@@ -587,7 +592,8 @@ def check_programs(
     """Estimate value and gradient of same-structure ``specs`` over ``num_samples`` keys;
     raise ``AssertionError`` (with the program's source) unless every coordinate satisfies
     |mean - exact| < n_sigma SE or |mean - exact| <= atol + rtol |exact| (the float32 floor
-    for exactly computed coordinates). Returns the :class:`FuzzResult` list."""
+    for exactly computed coordinates); a coordinate with any NaN or ±inf estimate, or a
+    non-finite exact value, fails. Returns the :class:`FuzzResult` list."""
     structure = specs[0].structure
     assert all(s.structure == structure for s in specs), "specs must share a structure"
     run = estimator(specs[0], num_samples, len(specs))
@@ -606,7 +612,8 @@ def check_programs(
         stderr = x.std(0, ddof=1) / math.sqrt(num_samples)
         err = np.abs(mean - exact)
         z = err / np.maximum(stderr, 1e-300)
-        bad = ~np.isfinite(mean) | ((err > n_sigma * stderr) & (err > atol + rtol * np.abs(exact)))
+        finite = np.all(np.isfinite(x), axis=0) & np.isfinite(exact)
+        bad = ~finite | ((err > n_sigma * stderr) & (err > atol + rtol * np.abs(exact)))
         results.append(FuzzResult(spec, exact, mean, stderr, z, bad))
         if np.any(bad):
             names = ["value"] + [f"d/dtheta[{j}]" for j in range(len(spec.theta))]

@@ -5,7 +5,10 @@ kernel's exact ``transition_probs``, or estimated from many vectorized steps wit
 multinomial standard error) and πP = π and detailed balance diag(π)P = (diag(π)P)ᵀ are
 checked. Statistical, on continuous spaces: chains started from exact draws of π must
 stay at π (moments and a binned transition table, paired tests in standard errors).
-Every check raises ``AssertionError`` with a readable report when it fails.
+Every check raises ``AssertionError`` with a readable report when it fails, including
+when a transition probability or test statistic is NaN or ±inf, and when the kernel never
+moves (a kernel that rejects every proposal, e.g. because its log density is NaN, is
+trivially invariant: nothing would have been tested).
 """
 
 from __future__ import annotations
@@ -21,12 +24,46 @@ import numpy as np
 
 class InvarianceReport(NamedTuple):
     """Result of :func:`check_invariance`: the worst stationarity and balance residuals
-    (absolute, and in standard errors when P was estimated)."""
+    (absolute, and in standard errors when P was estimated), and the problems found;
+    ``ok`` is True exactly when there are none (the kernel is invariant)."""
 
     stationarity_error: float
     balance_error: float | None
     stationarity_z: float | None
     balance_z: float | None
+    problems: tuple = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and bool(np.isfinite(self.stationarity_error))
+
+
+def _nonfinite(label: str, x) -> list[str]:
+    """A problem line if ``x`` has NaN or ±inf entries (none otherwise)."""
+    x = np.asarray(x, np.float64)
+    bad = ~np.isfinite(x)
+    if not np.any(bad):
+        return []
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    return [f"  {label}: {int(bad.sum())} of {x.size} entries are NaN or inf (first at {first})"]
+
+
+def _moved_fraction(x0, x1) -> float:
+    """Fraction of chains whose position changed in any coordinate."""
+    changed = [
+        np.any(
+            np.asarray(a).reshape(np.shape(a)[0], -1) != np.asarray(b).reshape(np.shape(b)[0], -1),
+            1,
+        )
+        for a, b in zip(jax.tree.leaves(x0), jax.tree.leaves(x1), strict=True)
+    ]
+    return float(np.mean(np.any(np.stack(changed), 0)))
+
+
+_STUCK = (
+    "  no chain moved: the kernel rejected every proposal (a NaN log density does this), "
+    "so invariance holds trivially and nothing was tested"
+)
 
 
 def target_probs(logdensity_fn: Callable, states: Any) -> np.ndarray:
@@ -120,18 +157,27 @@ def check_invariance(
     reversible: bool = True,
     n_sigma: float = 4.0,
     atol: float = 1e-5,
+    require_moves: bool = True,
 ) -> InvarianceReport:
     """Check πP = π (and, if ``reversible``, π_i P_ij = π_j P_ji) for a transition matrix.
 
     With exact P the residuals must be below ``atol``; with an estimated P and its
     ``stderr``, below ``atol + n_sigma`` standard errors. Raises ``AssertionError``
-    listing the worst states/pairs. Example::
+    listing the worst states/pairs; also when P, π or the standard errors have NaN or inf
+    entries, and (``require_moves``) when P is the identity within ``atol`` (a kernel that
+    never moves is invariant for every π). Example::
 
         P, se = transition_matrix(kernel, states)
         check_invariance(P, target_probs(logp, states), se)
     """
     P, pi = np.asarray(P, np.float64), np.asarray(pi, np.float64)
     se2 = None if stderr is None else np.asarray(stderr, np.float64) ** 2
+    garbage = _nonfinite("P", P) + _nonfinite("π", pi)
+    garbage += [] if se2 is None else _nonfinite("stderr", se2)
+    if not garbage and require_moves and np.all(np.abs(P - np.eye(len(P))) <= atol):
+        garbage.append(_STUCK.replace("no chain moved", "P is the identity"))
+    if garbage:
+        raise AssertionError("kernel invariance cannot be checked:\n" + "\n".join(garbage))
     rows = P.sum(1) - 1.0
     problems = []
     if np.any(np.abs(rows) > atol + (0 if se2 is None else n_sigma * np.sqrt(se2.sum(1)))):
@@ -156,7 +202,7 @@ def check_invariance(
         if lines:
             problems.append("detailed balance fails:")
             problems.extend(lines)
-    report = InvarianceReport(float(np.max(np.abs(stat))), bal_err, stat_z, bal_z)
+    report = InvarianceReport(float(np.max(np.abs(stat))), bal_err, stat_z, bal_z, tuple(problems))
     if problems:
         how = "exact P" if se2 is None else f"estimated P, {n_sigma} SE"
         raise AssertionError(f"kernel is not invariant ({how}):\n" + "\n".join(problems))
@@ -182,12 +228,20 @@ def check_kernel_invariance(
 
 
 class StationarityReport(NamedTuple):
-    """Mean test statistics at the start (exact draws) and after the steps, and z-scores."""
+    """Mean test statistics at the start (exact draws) and after the steps, z-scores, the
+    fraction of chains that moved and the problems found (``ok``: none)."""
 
     start: np.ndarray
     end: np.ndarray
     z_paired: np.ndarray
     z_exact: np.ndarray | None
+    moved: float | None = None
+    problems: tuple = ()
+
+    @property
+    def ok(self) -> bool:
+        finite = np.all(np.isfinite(self.end)) and np.all(np.isfinite(self.z_paired))
+        return not self.problems and bool(finite)
 
 
 @functools.lru_cache(maxsize=64)
@@ -227,7 +281,8 @@ def check_stationarity(
     ``num_chains`` chains at exact draws x₀ ~ π (``sample_target(key, n)``, leading axis
     n), run ``num_steps`` steps, and require mean f(x_T) − f(x₀) = 0 within ``n_sigma``
     paired standard errors (and mean f(x_T) = ``exact`` E_π f when given). ``test_fn``
-    defaults to every coordinate and its square.
+    defaults to every coordinate and its square. Fails also on NaN / inf test statistics
+    and when no chain moved.
 
     Example::
 
@@ -239,13 +294,16 @@ def check_stationarity(
     xT = _run(kernel, x0, k_run, num_steps)
     f0 = np.asarray(jax.vmap(test_fn)(x0), np.float64)
     fT = np.asarray(jax.vmap(test_fn)(xT), np.float64)
+    moved = _moved_fraction(x0, xT)
     d = fT - f0
     se = d.std(0, ddof=1) / np.sqrt(num_chains)
     z = d.mean(0) / np.maximum(se, 1e-300)
     z_exact = None
-    problems = [
+    problems = _nonfinite("f(x_0)", f0) + _nonfinite("f(x_T)", fT)
+    problems += [] if moved > 0 else [_STUCK]
+    problems += [
         f"  f[{i}]: start {f0.mean(0)[i]:.4g} end {fT.mean(0)[i]:.4g} z {z[i]:+.1f}"
-        for i in np.flatnonzero(np.abs(z) > n_sigma)[:8]
+        for i in np.flatnonzero(~(np.abs(z) <= n_sigma))[:8]
     ]
     if exact is not None:
         exact = np.asarray(exact, np.float64)
@@ -253,9 +311,9 @@ def check_stationarity(
         z_exact = (fT.mean(0) - exact) / np.maximum(se_e, 1e-300)
         problems += [
             f"  f[{i}]: end {fT.mean(0)[i]:.4g} exact {exact[i]:.4g} z {z_exact[i]:+.1f}"
-            for i in np.flatnonzero(np.abs(z_exact) > n_sigma)[:8]
+            for i in np.flatnonzero(~(np.abs(z_exact) <= n_sigma))[:8]
         ]
-    report = StationarityReport(f0.mean(0), fT.mean(0), z, z_exact)
+    report = StationarityReport(f0.mean(0), fT.mean(0), z, z_exact, moved, tuple(problems))
     if problems:
         raise AssertionError(
             f"chains started at π drifted after {num_steps} steps ({num_chains} chains, "
@@ -279,7 +337,8 @@ def check_binned_invariance(
     of x (``project``, default the first coordinate) at quantiles of π, start at exact
     draws x₀ ~ π, step, and test the bin-to-bin table C: equal row and column sums
     (stationarity of the lumped chain) and, if ``reversible``, C = Cᵀ (detailed balance:
-    (x₀, x₁) is exchangeable), each entry within ``n_sigma`` standard errors.
+    (x₀, x₁) is exchangeable), each entry within ``n_sigma`` standard errors. Fails also
+    on NaN / inf projections and when no chain moved.
 
     Example::
 
@@ -292,8 +351,16 @@ def check_binned_invariance(
     edges = np.quantile(ref, np.linspace(0, 1, num_bins + 1)[1:-1])
     x0 = sample_target(k_init, num_chains)
     x1 = _run(kernel, x0, k_run, num_steps)
-    b0 = np.searchsorted(edges, np.asarray(jax.vmap(project)(x0)))
-    b1 = np.searchsorted(edges, np.asarray(jax.vmap(project)(x1)))
+    p0, p1 = np.asarray(jax.vmap(project)(x0)), np.asarray(jax.vmap(project)(x1))
+    garbage = _nonfinite("project(x_0)", p0) + _nonfinite("project(x_1)", p1)
+    garbage += _nonfinite("bin edges", edges)
+    garbage += [] if _moved_fraction(x0, x1) > 0 else [_STUCK]
+    if garbage:
+        raise AssertionError(
+            f"kernel invariance cannot be checked ({num_chains} chains from π):\n"
+            + "\n".join(garbage)
+        )
+    b0, b1 = np.searchsorted(edges, p0), np.searchsorted(edges, p1)
     C = np.zeros((num_bins, num_bins))
     np.add.at(C, (b0, b1), 1.0)
     N = float(num_chains)
@@ -312,7 +379,7 @@ def check_binned_invariance(
         bal_err = float(np.max(np.abs(mb)))
         if lines:
             problems += ["detailed balance fails (bins):"] + lines
-    report = InvarianceReport(float(np.max(np.abs(m))), bal_err, stat_z, bal_z)
+    report = InvarianceReport(float(np.max(np.abs(m))), bal_err, stat_z, bal_z, tuple(problems))
     if problems:
         raise AssertionError(
             f"kernel is not invariant ({num_chains} chains from π, {num_bins} bins, "
@@ -344,6 +411,8 @@ def check_geweke(
     simulators run ``num_iters`` rounds; mean f(θ, y) (default θ, θ², θ·ȳ) is compared with
     an independent exact joint sample and with the start, within ``n_sigma`` SE. Catches
     kernels and hand-written log densities/gradients that target the wrong posterior.
+    Fails also on NaN / inf statistics and when θ never moved (a stuck kernel keeps the
+    joint trivially).
 
     Example::
 
@@ -369,18 +438,21 @@ def check_geweke(
     f0 = np.asarray(jax.vmap(test_fn)(theta0, y0), np.float64)
     fT = np.asarray(jax.vmap(test_fn)(thetaT, yT), np.float64)
     fR = np.asarray(jax.vmap(test_fn)(*sample_joint(k_ref, num_chains)), np.float64)
+    moved = _moved_fraction(theta0, thetaT)
     d = fT - f0
     z_paired = d.mean(0) / np.maximum(d.std(0, ddof=1) / np.sqrt(num_chains), 1e-300)
     se = np.sqrt((fT.var(0, ddof=1) + fR.var(0, ddof=1)) / num_chains)
     z_ref = (fT.mean(0) - fR.mean(0)) / np.maximum(se, 1e-300)
-    report = StationarityReport(f0.mean(0), fT.mean(0), z_paired, z_ref)
-    bad = np.flatnonzero((np.abs(z_paired) > n_sigma) | (np.abs(z_ref) > n_sigma))
-    if bad.size:
-        lines = [
-            f"  f[{i}]: joint {fR.mean(0)[i]:.4g} simulator {fT.mean(0)[i]:.4g} "
-            f"z {z_ref[i]:+.1f} (paired z {z_paired[i]:+.1f})"
-            for i in bad[:8]
-        ]
+    lines = _nonfinite("f(start)", f0) + _nonfinite("f(simulator)", fT)
+    lines += _nonfinite("f(joint)", fR) + ([] if moved > 0 else [_STUCK])
+    bad = np.flatnonzero(~((np.abs(z_paired) <= n_sigma) & (np.abs(z_ref) <= n_sigma)))
+    lines += [
+        f"  f[{i}]: joint {fR.mean(0)[i]:.4g} simulator {fT.mean(0)[i]:.4g} "
+        f"z {z_ref[i]:+.1f} (paired z {z_paired[i]:+.1f})"
+        for i in bad[:8]
+    ]
+    report = StationarityReport(f0.mean(0), fT.mean(0), z_paired, z_ref, moved, tuple(lines))
+    if lines:
         raise AssertionError(
             f"Geweke test failed: the successive-conditional simulator left the joint "
             f"after {num_iters} rounds ({num_chains} chains, {n_sigma} SE):\n" + "\n".join(lines)

@@ -284,7 +284,7 @@ def _check_counts(counts, P, n, family_alpha):
 
     P = np.clip(P, 0.0, 1.0)
     p_value = np.minimum(1.0, 2 * np.minimum(binom.cdf(counts, n, P), binom.sf(counts - 1, n, P)))
-    bad = p_value < family_alpha / P.size
+    bad = ~(p_value >= family_alpha / P.size)  # a NaN p-value fails too
     if np.any(bad):
         lines = [
             f"  P[{i}, {j}] = {P[i, j]:.4f}, step frequency {counts[i, j] / n:.4f} "

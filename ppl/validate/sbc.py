@@ -5,7 +5,8 @@ among f of the L posterior draws. If the draws are exact, independent posterior 
 the rank is uniform on {0, …, L}. ``check_sbc`` bins the ranks and applies a chi-square
 test per quantity (Bonferroni over quantities), raising ``AssertionError`` with a report
 when calibration fails. Draws from a Markov chain must be thinned to near-independence
-(autocorrelation alone makes ranks non-uniform).
+(autocorrelation alone makes ranks non-uniform). A NaN or ±inf test quantity (of the
+true parameter or of a posterior draw) has no rank: it fails the check by name.
 """
 
 from __future__ import annotations
@@ -21,13 +22,18 @@ from scipy import stats
 
 class SBCReport(NamedTuple):
     """Ranks (num_simulations, num_quantities) in {0..num_draws}, the per-quantity
-    chi-square statistics and p-values, and the Bonferroni threshold used."""
+    chi-square statistics and p-values, and the Bonferroni threshold used; ``ok`` is True
+    exactly when every p-value is at least the threshold (ranks uniform)."""
 
     ranks: np.ndarray
     num_draws: int
     chi2: np.ndarray
     p_values: np.ndarray
     threshold: float
+
+    @property
+    def ok(self) -> bool:
+        return bool(np.all(self.p_values >= self.threshold))
 
 
 def _default_test_fn(theta):
@@ -81,7 +87,8 @@ def sbc_ranks(
     """SBC ranks: for each of ``num_simulations`` joint draws (θ, y) = ``sample_joint(key)``,
     the number of posterior draws (``inference(key, y)``, leading axis L) with
     f(draw) < f(θ), ties broken uniformly at random. Returns (ranks, L); vectorized with
-    ``jax.vmap``. Example: ``ranks, L = sbc_ranks(sample_joint, infer, key, 500)``.
+    ``jax.vmap``. Raises ``AssertionError`` if any test quantity is NaN or ±inf (its rank
+    would be meaningless). Example: ``ranks, L = sbc_ranks(sample_joint, infer, key, 500)``.
     """
     test_fn = _default_test_fn if test_fn is None else test_fn
 
@@ -94,9 +101,18 @@ def sbc_ranks(
         less = jnp.sum(f_draws < f_true, axis=0)
         ties = jnp.sum(f_draws == f_true, axis=0)
         u = jax.random.uniform(k_tie, less.shape)
-        return less + jnp.floor(u * (ties + 1)).astype(less.dtype), f_draws.shape[0]
+        finite = jnp.isfinite(f_true), jnp.all(jnp.isfinite(f_draws), axis=0)
+        return less + jnp.floor(u * (ties + 1)).astype(less.dtype), f_draws.shape[0], finite
 
-    ranks, num_draws = jax.jit(jax.vmap(one))(jax.random.split(key, num_simulations))
+    ranks, num_draws, finite = jax.jit(jax.vmap(one))(jax.random.split(key, num_simulations))
+    lines = [
+        f"  {what}: f[{j}] is NaN or inf in {n} of {num_simulations} simulations"
+        for what, ok in zip(("true parameter", "posterior draws"), finite, strict=True)
+        for j, n in enumerate(np.sum(~np.asarray(ok).reshape(num_simulations, -1), 0))
+        if n
+    ]
+    if lines:
+        raise AssertionError("SBC failed: non-finite test quantities\n" + "\n".join(lines[:8]))
     return np.asarray(ranks), int(np.asarray(num_draws)[0])
 
 

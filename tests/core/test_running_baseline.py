@@ -39,6 +39,20 @@ def test_any_running_state_is_unbiased(mean, weight):
     check_unbiased(grad_p(state), jax.grad(exact_elbo)(0.7), KEY, 3000)
 
 
+def ema_tolerance(p, c1, c0, lr, n_sigma=4.0):
+    """How far a running baseline may sit from the expected cost E_q[c] = p c1 + (1-p) c0
+    at the final p (elementwise). It averages independent costs c_t with weights
+    (1-d) d^(T-t) (bias-corrected, T large): its SE is sd_q(c) sqrt((1-d)/(1+d)) (the root
+    of the summed squared weights), sd_q(c) = sqrt(p(1-p)) |c1 - c0|. The costs were drawn
+    at earlier p_t: Adam moves the unconstrained logit by about lr per step and the
+    weights' mean lag is d/(1-d) steps, so to first order the drift is
+    d/(1-d) lr p(1-p) |d E_q[c] / dp| with dE_q[c]/dp = c1 - c0. Plus a float32 floor."""
+    slope = np.abs(c1 - c0)
+    se = np.sqrt(p * (1 - p)) * slope * np.sqrt((1 - DECAY) / (1 + DECAY))
+    drift = DECAY / (1 - DECAY) * lr * p * (1 - p) * slope
+    return n_sigma * se + drift + 1e-5 * np.abs(p * c1 + (1 - p) * c0)
+
+
 def test_state_is_the_decayed_average_of_the_costs():
     """One SVI-style call: next mean = d * mean + (1 - d) * cost, weight likewise."""
     state = {"mean": jnp.asarray(-1.0), "weight": jnp.asarray(0.5)}
@@ -60,8 +74,11 @@ def test_svi_carries_the_state_and_variance_drops():
     np.testing.assert_allclose(state["weight"], 1 - DECAY**300, rtol=1e-5)
     p = float(result.params["p"])
     baseline = float(state["mean"] / state["weight"])
-    # the average cost over the last steps ~ the ELBO at the current p
-    assert abs(baseline - float(exact_elbo(p))) < 1.0, (baseline, float(exact_elbo(p)))
+    # the average cost over the last steps ~ the ELBO at the current p (measured: gap
+    # 0.097, tolerance 0.44 = 4 SE of 0.107 + drift 0.016)
+    c1, c0 = np.log(JOINT_Z1) - np.log(p), np.log(JOINT_Z0) - np.log(1 - p)
+    tol = ema_tolerance(p, c1, c0, 1e-2)
+    assert abs(baseline - float(exact_elbo(p))) < tol, (baseline, float(exact_elbo(p)), tol)
     zero = {"mean": jnp.asarray(0.0), "weight": jnp.asarray(0.0)}
     _, _, plain = estimator_stats(grad_p(zero, p), KEY, 3000)
     _, _, running = estimator_stats(grad_p(state, p), KEY, 3000)
@@ -90,12 +107,16 @@ def test_per_element_running_baseline_in_a_plate():
     np.testing.assert_allclose(p, exact, atol=0.05)
     state = result.state.mutable_state["b"]
     assert state["mean"].shape == (3,)
-    # per-datum cost at the optimum: log p(x_i) = log sum_z p(z) p(x_i | z)
-    log_px = jnp.log(
-        0.5 * jnp.exp(dist.Normal(2.0, 1.0).log_prob(x))
-        + 0.5 * jnp.exp(dist.Normal(0.0, 1.0).log_prob(x))
-    )
-    np.testing.assert_allclose(state["mean"] / state["weight"], log_px, atol=0.3)
+    # per-datum expected cost at the final p_i, log ½ + log p(x_i | z) - log q_i(z) under q_i
+    # (log p(x_i) at the optimum). Measured tolerances 0.057, 1.5e-5, 1.5e-5: the last two are
+    # the float32 floor, as q_2 and q_3 reached the posterior and their costs no longer vary
+    p = np.asarray(p, np.float64)
+    lik1, lik0 = (np.asarray(dist.Normal(m, 1.0).log_prob(x), np.float64) for m in (2.0, 0.0))
+    c1, c0 = np.log(0.5) + lik1 - np.log(p), np.log(0.5) + lik0 - np.log(1 - p)
+    expected = p * c1 + (1 - p) * c0
+    baseline = np.asarray(state["mean"] / state["weight"], np.float64)
+    tol = ema_tolerance(p, c1, c0, 5e-2)
+    assert np.all(np.abs(baseline - expected) < tol), (baseline, expected, tol)
 
 
 def test_bad_running_baselines():

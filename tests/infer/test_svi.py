@@ -102,7 +102,13 @@ def test_svi_run_stable_update_and_predictive():
     result = svi.run(KEY, 1500, y, progress_bar=False, stable_update=True)
     assert np.isfinite(result.losses).all()
     post = Predictive(guide, params=result.params, num_samples=2000)(KEY, y)
-    assert abs(float(post["mu"].mean()) - float(y.mean())) < 0.15
+    # the draws come from the fitted guide: their mean is its loc within 4 Monte Carlo SE
+    # (SE = sd / sqrt(2000), about 0.007); the fitted loc is the posterior mean ȳ (the
+    # N(0, 10) prior shrinks it by < 0.003) up to Adam's jitter, steps of about lr = 0.05
+    # (measured 0.052): within 2 lr. Together 0.13, inside the former bare 0.15.
+    loc, draws = float(result.params["mu_auto_loc"]), np.asarray(post["mu"])
+    assert abs(draws.mean() - loc) < 4 * draws.std() / np.sqrt(draws.size), (draws.mean(), loc)
+    assert abs(loc - float(y.mean())) < 2 * 5e-2, (loc, float(y.mean()))
     pred = Predictive(normal_model, guide=guide, params=result.params, num_samples=200)(KEY, y)
     assert pred["y"].shape == (200, 50)
 

@@ -73,7 +73,15 @@ def test_dreg_matches_iwae_gradient_with_lower_variance():
     # guide parameters m (index 1) and s (index 3): measured variance ratio ~50-80
     ratio = ref.var(0) / dreg.var(0)
     assert ratio[1] > 10 and ratio[3] > 10, ratio
-    np.testing.assert_allclose(ref.var(0)[2], dreg.var(0)[2], rtol=0.1)  # model param m0
+    # model param m0 (index 2): DReG keeps IWAE's estimator there, so equal variances within
+    # 4 SE of the difference (SE of a sample variance: sqrt((m4 - s^4) / n); independent keys)
+    d_ref, d_dreg = ref[:, 2] - ref[:, 2].mean(), dreg[:, 2] - dreg[:, 2].mean()
+    v_ref, v_dreg = np.mean(d_ref**2), np.mean(d_dreg**2)
+    se = np.hypot(
+        np.sqrt((np.mean(d_ref**4) - v_ref**2) / len(ref)),
+        np.sqrt((np.mean(d_dreg**4) - v_dreg**2) / len(dreg)),
+    )
+    assert abs(v_ref - v_dreg) < 4 * se, (v_ref, v_dreg, se)
 
 
 def test_dreg_needs_reparameterized_guide():
