@@ -30,10 +30,11 @@ def count(value, name: str, who: str, minimum: int = 1) -> int:
     return number
 
 
-def check_key(key, who: str) -> None:
+def check_key(key, who: str, seeds: bool = True) -> None:
     """Raise a ``TypeError`` naming ``who`` unless ``key`` is one random key: a typed key
-    (``jax.random.key``), raw key data (``jax.random.PRNGKey``, uint32) or an int seed."""
-    if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
+    (``jax.random.key``), raw key data (``jax.random.PRNGKey``, uint32) or, where
+    ``seeds`` (as ``numpyro.handlers.seed`` takes them), an int seed."""
+    if seeds and isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
         return
     dtype, shape = getattr(key, "dtype", None), getattr(key, "shape", None)
     if dtype is not None and shape is not None:
@@ -43,11 +44,12 @@ def check_key(key, who: str) -> None:
             raise TypeError(f"{who}: expected one random key, got a batch of keys of shape {shape}")
         if dtype == jnp.uint32 and shape == _RAW_KEY_SHAPE:
             return
-        if jnp.issubdtype(dtype, jnp.integer) and shape == ():
+        if seeds and jnp.issubdtype(dtype, jnp.integer) and shape == ():
             return  # an integer seed held in an array
+    seed = " or an int seed" if seeds else ""
     raise TypeError(
-        f"{who}: rng_key must be a random key (jax.random.key(0) or jax.random.PRNGKey(0)) "
-        f"or an int seed, got {_describe(key)}"
+        f"{who}: rng_key must be a random key (jax.random.key(0) or jax.random.PRNGKey(0))"
+        f"{seed}, got {_describe(key)}"
     )
 
 
