@@ -136,7 +136,7 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     (a process killed mid-write); the files of live writers are kept. Returns the removed."""
     pattern = re.compile(re.escape(f".{path.name}.{_HOST}-") + r"(\d+)\.[A-Za-z0-9_]+\.tmp")
     removed = []
-    for tmp in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+    for tmp in path.parent.glob(f".{_glob_escape(path.name)}.*.tmp"):
         match = pattern.fullmatch(tmp.name)
         if match is None or _alive(int(match.group(1))):
             continue
@@ -148,7 +148,7 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     return removed
 
 
-def glob_escape(name: str) -> str:
+def _glob_escape(name: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", name)
 
 
