@@ -196,12 +196,16 @@ CATALOGUE = {
     ),
     # objective arguments
     "elbo K = 0": (lambda: obj.elbo(0), ValueError, "elbo: num_particles must be a positive int"),
-    "iwae K = 0": (lambda: obj.iwae(0), ValueError, "iwae: num_particles must be an int >= 1"),
+    "iwae K = 0": (lambda: obj.iwae(0), ValueError, "iwae: num_particles must be a positive int"),
     "iwae K not an int": (lambda: obj.iwae(2.5), ValueError, "got 2.5"),
     "vimco K = 1": (lambda: obj.vimco(1), ValueError, "vimco: num_particles must be an int >= 2"),
     "renyi alpha = 1": (lambda: obj.renyi(1.0, 3), ValueError, "alpha = 1 is the ELBO"),
     "cubo n <= 1": (lambda: obj.cubo(0.5, 3), ValueError, "cubo: n must be > 1"),
-    "rws K negative": (lambda: obj.rws(-2), ValueError, "rws: num_particles must be an int >= 1"),
+    "rws K negative": (
+        lambda: obj.rws(-2),
+        ValueError,
+        "rws: num_particles must be a positive int",
+    ),
     "tail_adaptive K = 1": (
         lambda: obj.tail_adaptive(1),
         ValueError,
@@ -286,13 +290,13 @@ CATALOGUE = {
         ValueError,
         "unknown likelihood 'softmax'",
     ),
-    "brain n = 0": (lambda: obj.brain(0), ValueError, "brain: num_samples must be an int >= 1"),
+    "brain n = 0": (lambda: obj.brain(0), ValueError, "brain: num_samples must be a positive int"),
     "unknown f-divergence": (lambda: obj.fdiv("hellinger2"), ValueError, "unknown f 'hellinger2'"),
     # MCMC combinators
     "repeat n = 0": (
         lambda: ppl.mcmc.repeat(ppl.mcmc.mala(lambda x: -(x**2), 0.1), 0),
         ValueError,
-        "repeat needs n >= 1",
+        "repeat: n must be a positive int",
     ),
     "mixture probs mismatch": (
         lambda: ppl.mcmc.mixture([ppl.mcmc.mala(lambda x: -(x**2), 0.1)], jnp.array([0.5, 0.5])),

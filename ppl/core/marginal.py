@@ -17,7 +17,14 @@ import jax.numpy as jnp
 import numpyro
 from jax import lax
 
+from .arguments import count
 from .constructs import Simulation, density, particles, simulate
+
+
+def _callables(who, **fns):
+    for name, fn in fns.items():
+        if not callable(fn):
+            raise TypeError(f"{who}: {name} must be a program (callable), got {type(fn).__name__}")
 
 
 def _log_mean_exp(x):
@@ -37,8 +44,8 @@ class Marginal:
     def __init__(self, program: Callable, keep: Sequence[str], reverse: Callable, num_samples=0):
         if isinstance(keep, str):
             keep = (keep,)
-        if not isinstance(num_samples, int) or num_samples < 0:
-            raise ValueError(f"ppl.marginal: num_samples must be an int >= 0, got {num_samples!r}")
+        num_samples = count(num_samples, "num_samples", "ppl.marginal", minimum=0)
+        _callables("ppl.marginal", program=program, reverse=reverse)
         self.program, self.keep, self.reverse, self.num_samples = (
             program,
             tuple(keep),
@@ -84,9 +91,12 @@ class Normalize:
     """
 
     def __init__(self, target: Callable, proposal: Callable, num_particles: int):
-        if not isinstance(num_particles, int) or num_particles < 1:
-            raise ValueError(
-                f"ppl.normalize: num_particles must be a positive int, got {num_particles!r}"
+        num_particles = count(num_particles, "num_particles", "ppl.normalize")
+        _callables("ppl.normalize", target=target)
+        if not (callable(proposal) or hasattr(proposal, "simulate")):
+            raise TypeError(
+                "ppl.normalize: proposal must be a program or a sampler, got "
+                f"{type(proposal).__name__}"
             )
         self.target, self.proposal, self.num_particles = target, proposal, num_particles
 

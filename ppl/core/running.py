@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from numpyro.primitives import mutable
+
+from .arguments import count
 
 
 class RunningBaseline(NamedTuple):
@@ -57,8 +60,16 @@ def running_baseline(name: str, decay: float = 0.9, shape: tuple = ()) -> Runnin
             b = ppl.running_baseline("z_baseline", decay=0.9)
             numpyro.sample("z", dist.Bernoulli(p), infer={"grad": ppl.reinforce(baseline=b)})
     """
-    if not 0.0 <= decay < 1.0:
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"running_baseline: name must be a non-empty str, got {name!r}")
+    number = isinstance(decay, (int, float, np.integer, np.floating))
+    if isinstance(decay, (bool, np.bool_)) or not number or not 0.0 <= decay < 1.0:
         raise ValueError(f"running_baseline '{name}': decay must be in [0, 1), got {decay!r}")
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, (bool, np.bool_)):
+        shape = (shape,)
+    if not isinstance(shape, (tuple, list)):
+        raise TypeError(f"running_baseline '{name}': shape must be a tuple of ints, got {shape!r}")
+    shape = tuple(count(n, "shape", f"running_baseline '{name}'") for n in shape)
     init = {"mean": jnp.zeros(shape), "weight": jnp.zeros(())}
     state = mutable(name, init)
     if state is None:

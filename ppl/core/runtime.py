@@ -210,6 +210,8 @@ class apply_strategies(Messenger):
                         f"site '{name}': a running baseline needs the site outside "
                         "ppl.particles (inside, use baseline='loo')"
                     )
+            if isinstance(strat, Reinforce) and not isinstance(strat.baseline, str):
+                _check_baseline_shape(name, fn, x, strat.baseline)
             return
         info = state.by_order[order]
         if info.kind in ("reparam",):
@@ -259,6 +261,28 @@ class apply_strategies(Messenger):
                 x = _apply_target(state, info, rule, fn, x, msg["kwargs"].get("rng_key"))
         msg["value"] = x
         msg["intermediates"] = []
+
+
+def _check_baseline_shape(name, fn, x, baseline) -> None:
+    """A reinforce baseline is a scalar or one value per element of the site's batch."""
+    ndim = jnp.ndim(x) - len(fn.event_shape)
+    batch = jnp.broadcast_shapes(tuple(fn.batch_shape), tuple(jnp.shape(x))[:ndim])
+    if isinstance(baseline, RunningBaseline):
+        shape, what = (
+            tuple(jnp.shape(baseline.state["mean"])),
+            f"running baseline '{baseline.name}'",
+        )
+    else:
+        shape, what = tuple(jnp.shape(baseline)), "reinforce baseline"
+    try:
+        fits = jnp.broadcast_shapes(shape, batch) == batch
+    except ValueError:
+        fits = False
+    if not fits:
+        raise StrategyError(
+            f"site '{name}': the {what} has shape {shape}, the site's batch shape is {batch}; "
+            "a baseline is a scalar or one value per element (of that shape)"
+        )
 
 
 def _local_rule(name, fn, strat):

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import numpyro.distributions as dist
 from numpyro.primitives import Messenger
 
@@ -103,6 +106,13 @@ class Reinforce(Strategy):
             raise ValueError(
                 f"reinforce baseline must be 'none', 'loo' or a value; got {baseline!r}"
             )
+        if not isinstance(baseline, (str, RunningBaseline)) and not _is_value(baseline):
+            raise TypeError(
+                "reinforce: baseline must be 'none', 'loo', a number or array (e.g. a param) "
+                f"or a ppl.running_baseline; got {type(baseline).__name__} {baseline!r:.60}"
+            )
+        if not isinstance(learn, (bool, np.bool_)):
+            raise TypeError(f"reinforce: learn must be a bool, got {learn!r:.60}")
         if learn and isinstance(baseline, (str, RunningBaseline)):
             raise ValueError("reinforce(learn=True) needs a baseline value (e.g. a param)")
         self.baseline = baseline
@@ -111,6 +121,20 @@ class Reinforce(Strategy):
     def __repr__(self) -> str:
         b = self.baseline if isinstance(self.baseline, str) else "<value>"
         return f"ppl.reinforce(baseline={b!r})"
+
+
+def _is_value(x) -> bool:
+    """A number or a numeric array (a traced one included), never a bool."""
+    if isinstance(x, (bool, np.bool_)):
+        return False
+    if isinstance(x, (int, float, np.number, jax.Array, np.ndarray)):
+        return jnp.issubdtype(jnp.result_type(x), jnp.number)
+    if isinstance(x, (list, tuple)):
+        try:
+            return np.asarray(x).dtype.kind in "iuf"
+        except (TypeError, ValueError):
+            return False
+    return False
 
 
 class Enum(Strategy):

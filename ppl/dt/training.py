@@ -14,7 +14,8 @@ import optax
 from jax import lax
 from numpyro.handlers import seed, trace
 
-from ..infer.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..core.arguments import count
+from ..infer.checkpoint import CheckpointError, check_target, load_checkpoint, save_checkpoint
 from ..sharding import constrain
 from .gmm import GMM, as_transform
 from .network import DistributionTransformer
@@ -137,8 +138,7 @@ def amortized_forward_kl(
     scored under dt(dt(prior, first half of the data), second half): it trains the network
     on its own posteriors as priors, which :func:`filter` needs.
     """
-    if not isinstance(num_problems, int) or num_problems < 1:
-        raise ValueError(f"num_problems must be a positive int, got {num_problems!r}")
+    num_problems = count(num_problems, "num_problems", "amortized_forward_kl")
     if consistency < 0 or sequential < 0:
         raise ValueError(
             f"consistency and sequential must be >= 0, got {consistency}, {sequential}"
@@ -237,10 +237,10 @@ def train(
     ``num_steps``, so pass ``optimizer`` explicitly when resuming with another count.
     ``progress=True`` shows a tqdm bar. ``args``/``kwargs`` go to the simulator.
     """
-    if not isinstance(num_steps, int) or num_steps < 0:
-        raise ValueError(f"train: num_steps must be a non-negative int, got {num_steps!r}")
-    if not isinstance(every, int) or every < 1:
-        raise ValueError(f"train: every must be a positive int, got {every!r}")
+    num_steps = count(num_steps, "num_steps", "train", minimum=0)
+    every = count(every, "every", "train")
+    if checkpoint is not None:
+        check_target(checkpoint)  # before any work
     optimizer = dt_optimizer(num_steps, learning_rate) if optimizer is None else optimizer
     params, static = eqx.partition(net, eqx.is_inexact_array)
     state = (params, optimizer.init(params), key)

@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 from numpyro.handlers import substitute, trace
 
+from ..core.arguments import check_key, count, named_plate_errors
+from ..core.data_check import check_observed
 from ..core.expectation import Expectation
 
 
@@ -34,14 +36,15 @@ class Objective:
         stick_the_landing: bool = False,
         num_estimates: int = 1,
     ):
-        if not isinstance(num_estimates, int) or num_estimates < 1:
-            raise ValueError(f"num_estimates must be a positive int, got {num_estimates!r}")
-        self.num_estimates = num_estimates
+        if not callable(program):
+            raise TypeError(f"ppl.Objective needs a callable program, got {type(program).__name__}")
+        self.name = name or getattr(program, "__name__", "objective")
+        self.num_estimates = count(num_estimates, "num_estimates", f"objective {self.name!r}")
         self.program = program
         self.additive = additive
         self.rao_blackwellize = rao_blackwellize
         self.stick_the_landing = stick_the_landing
-        self.name = name or getattr(program, "__name__", "objective")
+        self._checked = None  # (model, guide, *data leaves) whose observations were checked
         functools.update_wrapper(self, program, updated=[])
 
     def __call__(self, model, guide, *args, **kwargs):
@@ -57,7 +60,13 @@ class Objective:
         """
 
         def program(*args, **kwargs):
-            return self.program(model, guide, *args, **kwargs)
+            value = self.program(model, guide, *args, **kwargs)
+            if value is None:
+                raise TypeError(
+                    f"objective {self.name!r} returned None; its program must return a "
+                    "scalar (a missing `return`?)"
+                )
+            return value
 
         program.__name__ = self.name
         if params is not None:
@@ -75,12 +84,38 @@ class Objective:
 
     def estimate_with_updates(self, rng_key, params, model, guide, *args, **kwargs):
         """(estimate, next states of the running baselines read, by mutable-site name)."""
-        E = self.expectation(model, guide, params)
-        if self.num_estimates == 1:
-            return E.with_updates(rng_key, *args, **kwargs)
-        keys = jax.random.split(rng_key, self.num_estimates)
-        values, updates = jax.vmap(lambda k: E.with_updates(k, *args, **kwargs))(keys)
-        return jnp.mean(values), jax.tree.map(lambda u: jnp.mean(u, axis=0), updates)
+        check_key(rng_key, repr(self))
+        with named_plate_errors():
+            self.check_data(rng_key, params, model, guide, *args, **kwargs)
+            E = self.expectation(model, guide, params)
+            if self.num_estimates == 1:
+                return E.with_updates(rng_key, *args, **kwargs)
+            keys = jax.random.split(rng_key, self.num_estimates)
+            values, updates = jax.vmap(lambda k: E.with_updates(k, *args, **kwargs))(keys)
+            return jnp.mean(values), jax.tree.map(lambda u: jnp.mean(u, axis=0), updates)
+
+    def check_data(self, rng_key, params, model, guide, *args, **kwargs) -> None:
+        """Check the model's concrete observed values (NaN, outside the support), naming
+        the site and the first bad index: once per model, guide and data, at trace time
+        (guide and model run abstractly, under ``jax.eval_shape``), so never inside a
+        compiled step. Observations that are tracers are skipped."""
+        checked = (model, guide, *jax.tree.leaves((args, kwargs)))
+        last = self._checked
+        if last is not None and len(last) == len(checked):
+            if all(a is b for a, b in zip(last, checked, strict=True)):
+                return
+
+        def run(rng_key, params):
+            try:
+                _, model_tr = _plain_traces(rng_key, params, model, guide, args, kwargs)
+            except Exception:  # the objective's own run reports what is wrong
+                return 0
+            check_observed(model_tr, repr(self), supports="concrete")
+            return 0
+
+        jax.eval_shape(run, rng_key, params)
+        if not any(isinstance(x, jax.core.Tracer) for x in checked):
+            self._checked = checked  # held, so that no other object can take their ids
 
     def loss(self, rng_key, param_map, model, guide, *args, **kwargs):
         """SVI loss: the negated objective estimate."""
@@ -88,7 +123,9 @@ class Objective:
 
     def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
         """SVI loss plus the ``numpyro.mutable`` state written by model and guide."""
-        mutable = _mutable_sites(rng_key, param_map, model, guide, args, kwargs)
+        check_key(rng_key, repr(self))
+        with named_plate_errors():
+            mutable = _mutable_sites(rng_key, param_map, model, guide, args, kwargs)
         value, updates = self.estimate_with_updates(
             rng_key, param_map, model, guide, *args, **kwargs
         )
@@ -96,14 +133,20 @@ class Objective:
         return {"loss": -value, "mutable_state": mutable or None}
 
 
-def _mutable_sites(rng_key, params, model, guide, args, kwargs):
-    """Values of mutable sites after one plain run of guide then model."""
+def _plain_traces(rng_key, params, model, guide, args, kwargs):
+    """Traces of one plain run of guide then model (replayed on the guide's values)."""
     from numpyro.handlers import replay, seed
 
     guide_tr = trace(substitute(seed(guide, rng_key), data=params)).get_trace(*args, **kwargs)
     model_tr = trace(replay(substitute(seed(model, rng_key), data=params), guide_tr)).get_trace(
         *args, **kwargs
     )
+    return guide_tr, model_tr
+
+
+def _mutable_sites(rng_key, params, model, guide, args, kwargs):
+    """Values of mutable sites after one plain run of guide then model."""
+    guide_tr, model_tr = _plain_traces(rng_key, params, model, guide, args, kwargs)
     state = {}
     for tr in (model_tr, guide_tr):
         for name, site in tr.items():

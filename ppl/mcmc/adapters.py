@@ -31,6 +31,7 @@ from numpyro.infer.mcmc import MCMCKernel
 from numpyro.infer.util import ParamInfo, initialize_model
 from numpyro.util import identity, is_prng_key
 
+from ..core.arguments import count
 from .base import Kernel, summarize
 from .gradient import hmc, mala
 from .mh import random_walk
@@ -414,7 +415,7 @@ class HMC(ModelKernel):
             adapt_mass_matrix,
             inverse_mass_matrix,
         )
-        self._num_steps = num_steps
+        self._num_steps = count(num_steps, "num_steps", "HMC")
         self._adjusted = adjusted
 
     def build(self, logdensity_fn, step_size, inverse_mass_matrix=1.0):

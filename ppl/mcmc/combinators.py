@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from ..core.arguments import count
 from .base import Kernel, State, summarize
 
 
@@ -102,8 +103,7 @@ def repeat(kernel: Kernel, n: int) -> Kernel:
 
     Example: ``repeat(mala(logp, 0.1), 10)``.
     """
-    if n < 1:
-        raise ValueError(f"repeat needs n >= 1, got {n}")
+    n = count(n, "n", "repeat")
 
     def step(key, state):
         return jax.lax.scan(lambda s, k: kernel.step(k, s), state, jax.random.split(key, n))

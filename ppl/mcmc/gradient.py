@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from ..core.arguments import count
 from .base import GradState, Info, Kernel, mh_accept
 
 
@@ -61,6 +62,7 @@ def leapfrog(logdensity_fn: Callable, step_size, num_steps: int, inverse_mass_ma
     Returns ``integrate(x, p, grad_x) -> (x, p, logdensity, grad)``; ``logdensity_fn``
     takes the flat array. Example: ``leapfrog(lambda x: -0.5 * x @ x, 0.1, 10)``.
     """
+    num_steps = count(num_steps, "num_steps", "leapfrog", minimum=0)
     vg = jax.value_and_grad(logdensity_fn)
 
     def integrate(x, p, grad):
@@ -94,8 +96,7 @@ def hmc(
         k = hmc(lambda x: -0.5 * jnp.sum(x**2), step_size=0.3, num_steps=10)
         state, info = k.step(key, k.init(jnp.zeros(3)))
     """
-    if num_steps < 1:
-        raise ValueError(f"hmc needs num_steps >= 1, got {num_steps}")
+    num_steps = count(num_steps, "num_steps", "hmc")
     init = _grad_init(logdensity_fn)
 
     def step(key, state):

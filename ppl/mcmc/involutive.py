@@ -22,6 +22,7 @@ from numpyro.distributions import Distribution
 from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.util import log_density
 
+from ..core.arguments import count
 from .adapters import ModelKernel
 from .base import Kernel, State, mh_accept, mh_mixture
 
@@ -173,6 +174,7 @@ def hmc_involution(logdensity_fn: Callable, step_size, num_steps: int) -> Callab
     """
     from .gradient import leapfrog
 
+    num_steps = count(num_steps, "num_steps", "hmc_involution")
     integrate = leapfrog(logdensity_fn, step_size, num_steps)
 
     def involution(x, p):

@@ -20,6 +20,7 @@ from numpyro import handlers
 from numpyro.distributions import biject_to
 from numpyro.infer.util import log_density
 
+from ..core.arguments import check_key, count
 from .base import Kernel, summarize
 from .mh import random_walk
 
@@ -72,6 +73,9 @@ def tempered_smc(
                            lambda ld: random_walk(ld, 0.3))
         res.log_evidence
     """
+    check_key(key, "tempered_smc", seeds=False)
+    num_mcmc_steps = count(num_mcmc_steps, "num_mcmc_steps", "tempered_smc", minimum=0)
+    max_stages = count(max_stages, "max_stages", "tempered_smc")
     n = jax.tree.leaves(particles)[0].shape[0]
     loglik = jax.vmap(loglik_fn)
 
@@ -166,6 +170,9 @@ def data_annealed_smc(
                                 lambda ld: random_walk(ld, 0.3))
         res.log_evidence, jnp.exp(res.log_weights) @ res.particles
     """
+    check_key(key, "data_annealed_smc", seeds=False)
+    num_batches = count(num_batches, "num_batches", "data_annealed_smc")
+    num_mcmc_steps = count(num_mcmc_steps, "num_mcmc_steps", "data_annealed_smc", minimum=0)
     n = jax.tree.leaves(particles)[0].shape[0]
     batch_ll = jax.vmap(batch_loglik_fn)
 
@@ -249,6 +256,9 @@ class SMC:
     ):
         if anneal not in ("likelihood", "data"):
             raise ValueError(f"anneal must be 'likelihood' or 'data', got {anneal!r}")
+        num_particles = count(num_particles, "num_particles", "SMC")
+        num_mcmc_steps = count(num_mcmc_steps, "num_mcmc_steps", "SMC", minimum=0)
+        num_batches = count(num_batches, "num_batches", "SMC")
         self.anneal = anneal
         self.num_batches = num_batches
         self.resample_threshold = resample_threshold
@@ -261,6 +271,7 @@ class SMC:
 
     def run(self, rng_key: jax.Array, *args, **kwargs) -> SMCResult:
         """Run SMC on ``model(*args, **kwargs)``; jit-compatible."""
+        check_key(rng_key, "SMC.run", seeds=False)
         k_prior, k_smc = jax.random.split(rng_key)
 
         def prior_draw(k):

@@ -18,6 +18,7 @@ import numpyro.distributions as dist
 from jax.flatten_util import ravel_pytree
 from numpyro.distributions import constraints
 
+from ..core.arguments import count
 from ..core.constructs import density, simulate
 from ..core.strategies import StrategyError
 from ..infer.svi import Objective
@@ -33,6 +34,7 @@ def annealing_params(num_steps: int, step_size: float = 0.05):
     The schedule is beta_t = cumsum(softmax(logits))_t (increasing, beta_T = 1); without
     this call the objective uses ``step_size`` and a linear schedule, fixed.
     """
+    num_steps = count(num_steps, "num_steps", "annealing_params", minimum=0)
     eps = numpyro.param(STEP_SIZE, jnp.full(num_steps, step_size), constraint=constraints.positive)
     logits = numpyro.param(SCHEDULE, jnp.zeros(num_steps))
     return eps, jnp.cumsum(jax.nn.softmax(logits))
@@ -67,8 +69,7 @@ def annealed(num_steps: int = 5, step_size: float = 0.05) -> Objective:
 
         svi = SVI(model, guide, optax.adam(1e-2), loss=ppl.objectives.annealed(5))
     """
-    if not isinstance(num_steps, int) or num_steps < 0:
-        raise ValueError(f"annealed: num_steps must be an int >= 0, got {num_steps!r}")
+    num_steps = count(num_steps, "num_steps", "annealed", minimum=0)
     if not step_size > 0:
         raise ValueError(f"annealed: step_size must be > 0, got {step_size!r}")
 

@@ -6,16 +6,12 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
+from ..core.arguments import count
 from ..infer.svi import Objective, _mutable_sites
 from ..reward.estimators import brain_surrogate
 from ..reward.proposals import draw, report_metrics
 
 _BASELINES = ("self_normalized", "none", "gdcpp")
-
-
-def _check_n(who, n, minimum=1):
-    if not isinstance(n, int) or n < minimum:
-        raise ValueError(f"{who}: num_samples must be an int >= {minimum}, got {n!r}")
 
 
 def brain(num_samples: int = 8, proposal="reference", baseline: str = "self_normalized"):
@@ -38,7 +34,7 @@ def brain(num_samples: int = 8, proposal="reference", baseline: str = "self_norm
         target = ppl.reward.posterior(reference, reward, beta=0.5)
         svi = SVI(target, policy, optax.adam(1e-3), loss=ppl.objectives.brain(8))
     """
-    _check_n("brain", num_samples)
+    num_samples = count(num_samples, "num_samples", "brain")
     if baseline not in _BASELINES:
         raise ValueError(f"brain: unknown baseline {baseline!r}; choose one of {_BASELINES}")
 

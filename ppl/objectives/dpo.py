@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpyro
 from jax import lax
 
+from ..core.arguments import count
 from ..infer.svi import Objective
 from ..reward.proposals import draw, report_metrics
 
@@ -32,8 +33,7 @@ def dpo(beta: float = 1.0, num_pairs: int = 1, proposal="reference", labels="bra
     """
     if not beta > 0:
         raise ValueError(f"dpo: beta must be > 0, got {beta!r}")
-    if not isinstance(num_pairs, int) or num_pairs < 1:
-        raise ValueError(f"dpo: num_pairs must be an int >= 1, got {num_pairs!r}")
+    num_pairs = count(num_pairs, "num_pairs", "dpo")
     if labels not in _LABELS:
         raise ValueError(f"dpo: labels must be one of {_LABELS}, got {labels!r}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from ..core.arguments import count
 from ..core.constructs import particles
 from ..infer.svi import Objective
 from .weights import default_reinforce, log_weight
@@ -28,8 +29,7 @@ def elbo(
     sites default to ``reinforce(baseline="loo")`` (each particle's baseline is the mean
     of the others); Rao-Blackwellization then applies across particles only.
     """
-    if not isinstance(num_particles, int) or num_particles < 1:
-        raise ValueError(f"elbo: num_particles must be a positive int, got {num_particles!r}")
+    num_particles = count(num_particles, "num_particles", "elbo")
     if loo and num_particles < 2:
         raise ValueError("elbo: loo=True needs num_particles >= 2")
     if loo and stick_the_landing:

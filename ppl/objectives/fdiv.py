@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ..core.arguments import count
 from ..infer.svi import Objective
 from ..reward.estimators import F_DIVERGENCES, f_coefficients, f_value, normalized_log_weights
 from ..reward.proposals import draw, report_metrics
@@ -32,8 +33,7 @@ def fdiv(f: str = "forward_kl", num_samples: int = 8, proposal="reference", alph
         raise ValueError(f"fdiv: unknown f {f!r}; choose one of {F_DIVERGENCES}")
     if f == "alpha" and alpha in (0, 1):
         raise ValueError("fdiv: alpha must not be 0 or 1 (the limits are the two KLs)")
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"fdiv: num_samples must be an int >= 1, got {num_samples!r}")
+    num_samples = count(num_samples, "num_samples", "fdiv")
 
     def program(model, guide, *args, **kwargs):
         d = draw(model, guide, proposal, num_samples, args, kwargs)

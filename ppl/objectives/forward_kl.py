@@ -7,6 +7,7 @@ import numpyro
 from jax import lax
 from numpyro.handlers import block, seed, trace
 
+from ..core.arguments import count
 from ..core.constructs import density
 from ..infer.svi import Objective
 
@@ -21,8 +22,7 @@ def forward_kl(data_arg: str = "data", observed: str = "x", num_pairs: int = 1) 
     strategies are involved; the estimate is unbiased for the objective and its gradient.
     Model and guide take the data as the keyword argument ``data_arg``.
     """
-    if not isinstance(num_pairs, int) or num_pairs < 1:
-        raise ValueError(f"forward_kl: num_pairs must be a positive int, got {num_pairs!r}")
+    num_pairs = count(num_pairs, "num_pairs", "forward_kl")
 
     def one(model, guide, key, args, kwargs):
         with block(hide_fn=lambda msg: msg["type"] == "sample"):

@@ -5,14 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from ..core.arguments import count
 from ..core.marginal import marginal
 from ..infer.svi import Objective
 from .weights import log_mean_exp, log_weight, log_weights
-
-
-def _check(name, value, minimum):
-    if not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 def hvi(keep: Sequence[str], reverse: Callable) -> Objective:
@@ -30,7 +26,7 @@ def hvi(keep: Sequence[str], reverse: Callable) -> Objective:
 
 def iwhvi(keep: Sequence[str], reverse: Callable, num_samples: int = 5) -> Objective:
     """HVI with an importance-weighted bound on log q(z) from ``num_samples`` reverse draws."""
-    _check("iwhvi: num_samples", num_samples, 1)
+    num_samples = count(num_samples, "num_samples", "iwhvi")
 
     def program(model, guide, *args, **kwargs):
         return log_weight(model, marginal(guide, keep, reverse, num_samples), *args, **kwargs)
@@ -42,8 +38,8 @@ def diwhvi(
     keep: Sequence[str], reverse: Callable, num_particles: int = 5, num_samples: int = 5
 ) -> Objective:
     """Doubly importance-weighted HVI: IWAE over ``num_particles`` IWHVI weights."""
-    _check("diwhvi: num_particles", num_particles, 1)
-    _check("diwhvi: num_samples", num_samples, 0)
+    num_particles = count(num_particles, "num_particles", "diwhvi")
+    num_samples = count(num_samples, "num_samples", "diwhvi", minimum=0)
 
     def program(model, guide, *args, **kwargs):
         q = marginal(guide, keep, reverse, num_samples)

@@ -6,14 +6,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ..core.arguments import count
 from ..core.constructs import density, particles, simulate
 from ..infer.svi import Objective
 from .weights import default_reinforce, log_mean_exp, log_weights, require_reparameterized
-
-
-def _check_k(name, k, minimum=1):
-    if not isinstance(k, int) or k < minimum:
-        raise ValueError(f"{name}: num_particles must be an int >= {minimum}, got {k!r}")
 
 
 def iwae(num_particles: int = 5, dreg: bool = False) -> Objective:
@@ -24,7 +20,7 @@ def iwae(num_particles: int = 5, dreg: bool = False) -> Objective:
     the model's sum_k w~_k d log p(x, z_k) (w~ normalized weights); same value, lower
     variance, zero variance at the optimum.
     """
-    _check_k("iwae", num_particles)
+    num_particles = count(num_particles, "num_particles", "iwae")
 
     def program(model, guide, *args, **kwargs):
         if dreg:
@@ -56,7 +52,7 @@ def _dreg_iwae(model, guide, num_particles, args, kwargs):
 
 def renyi(alpha: float = 0.5, num_particles: int = 5) -> Objective:
     """Rényi (VR) bound E[1/(1-alpha) log (1/K) sum_k w_k^(1-alpha)]; alpha=0 is IWAE."""
-    _check_k("renyi", num_particles)
+    num_particles = count(num_particles, "num_particles", "renyi")
     if alpha == 1:
         raise ValueError("renyi: alpha = 1 is the ELBO; use ppl.objectives.elbo()")
 
@@ -72,7 +68,7 @@ def vimco(num_particles: int = 5) -> Objective:
 
     Sites with an explicit ``infer={"grad": ...}`` keep it. Needs K >= 2.
     """
-    _check_k("vimco", num_particles, minimum=2)
+    num_particles = count(num_particles, "num_particles", "vimco", minimum=2)
 
     def program(model, guide, *args, **kwargs):
         guide = default_reinforce(guide, baseline="loo")
@@ -89,7 +85,7 @@ def cubo(n: float = 2.0, num_particles: int = 5, exponentiated: bool = False) ->
     unbiased (the form Dieng et al. 2017 minimize); its scale grows like p(x)^n, so use
     it on well-scaled models.
     """
-    _check_k("cubo", num_particles)
+    num_particles = count(num_particles, "num_particles", "cubo")
     if n <= 1:
         raise ValueError(f"cubo: n must be > 1, got {n}")
 

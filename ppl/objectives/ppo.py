@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
+from ..core.arguments import count
 from ..infer.svi import Objective
 from ..reward.proposals import draw, report_metrics
 
@@ -23,8 +24,7 @@ def ppo(num_samples: int = 4):
 
         svi = SVI(target, policy, optax.adam(1e-3), loss=ppl.objectives.ppo(4))
     """
-    if not isinstance(num_samples, int) or num_samples < 2:
-        raise ValueError(f"ppo: num_samples must be an int >= 2, got {num_samples!r}")
+    num_samples = count(num_samples, "num_samples", "ppo", minimum=2)
 
     def program(model, guide, *args, **kwargs):
         d = draw(model, guide, "policy", num_samples, args, kwargs)

@@ -9,6 +9,7 @@ import numpyro
 from jax import lax
 from numpyro.primitives import mutable
 
+from ..core.arguments import count
 from ..core.constructs import density, particles
 from ..core.runtime import update_state
 from ..infer.svi import Objective
@@ -44,8 +45,7 @@ def msc(num_particles: int = 5, chain: str = "msc_chain") -> Objective:
 
         svi = SVI(model, guide, optax.adam(1e-2), loss=ppl.objectives.msc(5))
     """
-    if not isinstance(num_particles, int) or num_particles < 2:
-        raise ValueError(f"msc: num_particles must be an int >= 2, got {num_particles!r}")
+    num_particles = count(num_particles, "num_particles", "msc", minimum=2)
 
     def program(model, guide, *args, **kwargs):
         state = mutable(chain)

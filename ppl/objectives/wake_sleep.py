@@ -10,6 +10,7 @@ import numpyro
 from jax import lax
 from numpyro.handlers import block, seed
 
+from ..core.arguments import count
 from ..core.constructs import density, particles, simulate
 from ..infer.svi import Objective
 from .weights import log_mean_exp, require_reparameterized
@@ -49,12 +50,10 @@ def rws(
 
         loss = ppl.objectives.rws(2, rejuvenate=lambda ld: ppl.mcmc.mala(ld, 0.2), steps=10)
     """
-    if not isinstance(num_particles, int) or num_particles < 1:
-        raise ValueError(f"rws: num_particles must be an int >= 1, got {num_particles!r}")
+    num_particles = count(num_particles, "num_particles", "rws")
     if rejuvenate is not None and dreg:
         raise ValueError("rws: rejuvenate is not combined with dreg=True")
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"rws: steps must be an int >= 1, got {steps!r}")
+    steps = count(steps, "steps", "rws")
 
     def program(model, guide, *args, **kwargs):
         if dreg:
@@ -139,8 +138,7 @@ def tail_adaptive(num_particles: int = 5, beta: float = -1.0) -> Objective:
     empirical tail probability #{j: w_j >= w_k} / K (rank-based, so heavy-tailed weights
     stay safe). Value (for monitoring): the IWAE bound.
     """
-    if not isinstance(num_particles, int) or num_particles < 2:
-        raise ValueError(f"tail_adaptive: num_particles must be an int >= 2, got {num_particles!r}")
+    num_particles = count(num_particles, "num_particles", "tail_adaptive", minimum=2)
 
     def program(model, guide, *args, **kwargs):
         def one():

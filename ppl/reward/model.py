@@ -12,6 +12,7 @@ from jax.experimental import checkify
 from numpyro.handlers import block, substitute, trace
 from numpyro.primitives import mutable
 
+from ..core.arguments import count
 from ..core.constructs import site_log_prob_array
 from ..core.finite import _ACTIVE
 
@@ -154,10 +155,7 @@ def posterior(
     if not callable(reference) or not callable(reward):
         raise TypeError("ppl.reward.posterior: reference and reward must be callables")
     _check_settings(beta, likelihood, "ppl.reward.posterior")
-    if not isinstance(response_ndim, int) or response_ndim < 0:
-        raise ValueError(
-            f"ppl.reward.posterior: response_ndim must be an int >= 0, got {response_ndim!r}"
-        )
+    response_ndim = count(response_ndim, "response_ndim", "ppl.reward.posterior", minimum=0)
     return RewardPosterior(reference, reward, beta, likelihood, response_ndim, metrics)
 
 

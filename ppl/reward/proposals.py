@@ -13,6 +13,7 @@ from jax import lax
 from numpyro.handlers import block, seed, substitute, trace
 from numpyro.primitives import mutable
 
+from ..core.arguments import count
 from ..core.constructs import particles
 from ..core.runtime import update_state
 from .model import RewardPosterior, Scores, latent_values, program_log_prob, score
@@ -131,8 +132,7 @@ class Snapshot(Proposal):
     """
 
     def __init__(self, every: int, state: str = "policy_snapshot"):
-        if not isinstance(every, int) or every < 1:
-            raise ValueError(f"ppl.reward.snapshot: every must be an int >= 1, got {every!r}")
+        every = count(every, "every", "ppl.reward.snapshot")
         self.every, self.state = every, state
         self.name = f"snapshot(every={every})"
 

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -73,40 +72,55 @@ def test_resume_equals_uninterrupted_run(tmp_path):
 
 
 SCRIPT = """
-import sys
+import os, stat, sys, time
 sys.path.insert(0, {root!r})
-import jax, optax, numpyro, numpyro.distributions as dist
-from numpyro.infer import SVI
+import jax
 import ppl
-from models.coin import DATA, model
+from models.coin import DATA
 from tests.infer.test_checkpoint import make_svi
+
+fsync, saves = os.fsync, []
+
+
+def fsync_then_hang(fd):  # the third save hangs with its temporary file written in full
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        saves.append(fd)
+        if len(saves) == 3:
+            open({marker!r}, "w").close()
+            time.sleep(600)
+    fsync(fd)
+
+
+os.fsync = fsync_then_hang
 ppl.resumable_run(make_svi(), jax.random.PRNGKey(0), 10**7, DATA, checkpoint={path!r}, every=50)
 """
 
 
-def test_killed_process_resumes_bit_for_bit(tmp_path):
-    """SIGKILL a training process after its second checkpoint; resume here."""
-    ckpt = tmp_path / "killed.ckpt"
+def test_killed_during_a_save_resumes_bit_for_bit(tmp_path):
+    """SIGKILL a training process in the middle of its third checkpoint write (the
+    temporary file full, not yet renamed): the second checkpoint is intact, and resuming
+    from it equals an uninterrupted run bit for bit and leaves no temporary file."""
+    ckpt, marker = tmp_path / "killed.ckpt", tmp_path / "hanging"
     script = tmp_path / "train.py"
-    script.write_text(textwrap.dedent(SCRIPT.format(root=str(ROOT), path=str(ckpt))))
+    script.write_text(SCRIPT.format(root=str(ROOT), path=str(ckpt), marker=str(marker)))
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, str(script)], env=env, cwd=ROOT)
-    like = make_svi().init(KEY, DATA)
     try:
-        deadline = time.time() + 120
-        step = 0
-        while step < 100 and time.time() < deadline and proc.poll() is None:
+        deadline = time.time() + 300
+        while not marker.exists() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.2)
-            if ckpt.exists():
-                step = ppl.load_checkpoint(ckpt, like)[1]
-        assert step >= 100, f"no second checkpoint (step {step}, exit {proc.poll()})"
+        assert marker.exists(), f"the third save never started (exit {proc.poll()})"
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    _, step, _ = ppl.load_checkpoint(ckpt, like)  # still a good checkpoint after the kill
-    target = step + 100
-    resumed = ppl.resumable_run(make_svi(), KEY, target, DATA, checkpoint=ckpt, every=50)
-    full = ppl.resumable_run(make_svi(), KEY, target, DATA, checkpoint=tmp_path / "f", every=50)
+    like = make_svi().init(KEY, DATA)
+    (temporary,) = [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]
+    assert ppl.load_checkpoint(temporary, like)[1] == 150  # killed after writing it in full
+    _, step, _ = ppl.load_checkpoint(ckpt, like)  # the previous checkpoint, intact
+    assert step == 100
+    resumed = ppl.resumable_run(make_svi(), KEY, 150, DATA, checkpoint=ckpt, every=50)
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
+    full = ppl.resumable_run(make_svi(), KEY, 150, DATA, checkpoint=tmp_path / "f", every=50)
     assert_identical(resumed.state, full.state)
     np.testing.assert_array_equal(resumed.losses, full.losses)
 
@@ -115,11 +129,10 @@ def test_interrupted_write_keeps_the_good_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "good.ckpt"
     ppl.save_checkpoint(path, {"x": jnp.ones(3)}, step=1)
 
-    def crash(f, tree):
-        f.write(b"partial")
+    def crash(fd):  # the data is written, not yet on disk
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("equinox.tree_serialise_leaves", crash)
+    monkeypatch.setattr(os, "fsync", crash)
     with pytest.raises(KeyboardInterrupt):
         ppl.save_checkpoint(path, {"x": jnp.zeros(3)}, step=2)
     monkeypatch.undo()
