@@ -162,7 +162,7 @@ CATALOGUE = {
     "guide plate the model lacks": (
         elbo_loss(plated_guide),
         ValueError,
-        r"site 'z': value of shape \(4,\) does not fit",
+        r"shapes disagree at site 'z': guide \(4,\)",
     ),
     "density values not a dict": (
         lambda: ppl.density(model, [1.0], DATA),

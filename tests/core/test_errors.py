@@ -118,7 +118,7 @@ def test_guide_model_shape_mismatch_in_svi_loss():
         with numpyro.plate("n", 3):
             numpyro.sample("b", dist.Normal(0.0, 1.0))
 
-    with pytest.raises(ValueError, match=r"site 'b': value of shape \(3,\)"):
+    with pytest.raises(ValueError, match=r"site 'b': guide \(3,\)"):
         ppl.objectives.elbo().loss(KEY, {}, _model, guide)
 
 
