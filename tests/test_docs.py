@@ -36,6 +36,16 @@ def _api_modules():
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
+    for name in (
+        "mkdocs",
+        "material",
+        "mkdocstrings",
+        "mkdocstrings_handlers.python",
+        "mkdocs_jupyter",
+    ):
+        pytest.importorskip(
+            name, reason='the docs build needs the docs extra: pip install -e ".[docs]"'
+        )
     out = tmp_path_factory.mktemp("site")
     proc = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(out)],

@@ -3,16 +3,22 @@
 The executions carry the ``notebooks`` marker (about 7 CPU-minutes for all six): CI runs
 them in their own step, ``python -m pytest -m notebooks``.
 
-Needs the ``tutorials`` extra (jupyter, nbclient, ipykernel, matplotlib); a missing
-package is an error, not a skip.
+Needs the ``tutorials`` extra (jupyter, nbclient, ipykernel, matplotlib); without it the
+module is skipped at collection, with the reason.
 """
 
+import importlib.util
 import os
 from pathlib import Path
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
+
+_REASON = 'needs the tutorials extra: pip install -e ".[tutorials]"'
+nbformat = pytest.importorskip("nbformat", reason=_REASON)
+NotebookClient = pytest.importorskip("nbclient", reason=_REASON).NotebookClient
+for _name in ("ipykernel", "matplotlib"):  # used by the notebooks' kernel: not imported here
+    if importlib.util.find_spec(_name) is None:
+        pytest.skip(f"{_name} missing: {_REASON}", allow_module_level=True)
 
 TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
 NOTEBOOKS = sorted(TUTORIALS.glob("*.ipynb"))
