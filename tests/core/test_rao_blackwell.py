@@ -90,11 +90,13 @@ def test_fast_path_equals_replay_path():
     fast = ppl.expectation(program, additive=True, rao_blackwellize=False)
     slow = ppl.expectation(program, additive=False)
     assert [s.fast for s in fast.discover(KEY, LOGITS).sites] == [True]
-    for k in jax.random.split(KEY, 3):
-        v1, g1 = fast.value_and_grad(k, LOGITS)
-        v2, g2 = slow.value_and_grad(k, LOGITS)
-        np.testing.assert_allclose(v1, v2, rtol=1e-6)
-        np.testing.assert_allclose(g1, g2, rtol=1e-4, atol=1e-5)
+
+    def both(k):
+        return fast.value_and_grad(k, LOGITS), slow.value_and_grad(k, LOGITS)
+
+    (v1, g1), (v2, g2) = jax.jit(jax.vmap(both))(jax.random.split(KEY, 3))  # one compile
+    np.testing.assert_allclose(v1, v2, rtol=1e-6)
+    np.testing.assert_allclose(g1, g2, rtol=1e-4, atol=1e-5)
 
 
 def test_global_term_downstream_of_plate_site():
@@ -176,10 +178,9 @@ def test_elbo_particles_are_independent_rao_blackwellized_estimates():
     """elbo(K) averages K independent additive estimates: unbiased, variance / K."""
     g = ppl.strategy(guide, {"z": "reinforce"})
     exact = jax.grad(exact_elbo)(LOGITS)
-    _, _, one = estimator_stats(grad_estimator(ppl.objectives.elbo(), g), KEY, 3000)
-    check_unbiased(grad_estimator(ppl.objectives.elbo(4), g), exact, KEY, 3000)
-    _, _, four = estimator_stats(grad_estimator(ppl.objectives.elbo(4), g), KEY, 3000)
-    ratio = one.var(0).sum() / four.var(0).sum()
+    _, one, _ = estimator_stats(grad_estimator(ppl.objectives.elbo(), g), KEY, 3000)
+    four = check_unbiased(grad_estimator(ppl.objectives.elbo(4), g), exact, KEY, 3000).stderr
+    ratio = np.sum(one**2) / np.sum(four**2)  # the variances' ratio (same number of keys)
     assert 3.0 < ratio < 5.3, ratio  # 4 up to the sampling error of the variances
     check_unbiased(grad_estimator(ppl.objectives.elbo(4, loo=True), g), exact, KEY, 3000)
 
