@@ -11,7 +11,6 @@ minimum over all parameters. Writes ``benchmarks/MCMC_RESULTS.md``.
 
 from __future__ import annotations
 
-import json
 import platform
 import sys
 import time
@@ -27,9 +26,9 @@ from numpyro.infer import HMC, MCMC, NUTS
 from numpyro.infer.util import initialize_model
 
 import ppl
+from models import posteriordb
 
 HERE = Path(__file__).parent
-DATA = HERE.parents[1] / "shared" / "posteriordb" / "eight_schools-eight_schools_noncentered"
 
 
 def eight_schools(y, sigma):
@@ -40,7 +39,7 @@ def eight_schools(y, sigma):
 
 
 def load():
-    data = json.loads(Path(f"{DATA}.data.json").read_text())
+    data, _ = posteriordb.load("eight_schools-eight_schools_noncentered")
     return jnp.array(data["y"], jnp.float32), jnp.array(data["sigma"], jnp.float32)
 
 

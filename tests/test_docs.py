@@ -34,8 +34,22 @@ def _api_modules():
     return [m for p in pages for m in _api_hook().DIRECTIVE.findall(p.read_text())]
 
 
+# one worker builds the module fixture once (pytest-xdist --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("docs")
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
+    for name in (
+        "mkdocs",
+        "material",
+        "mkdocstrings",
+        "mkdocstrings_handlers.python",
+        "mkdocs_jupyter",
+    ):
+        pytest.importorskip(
+            name, reason='the docs build needs the docs extra: pip install -e ".[docs]"'
+        )
     out = tmp_path_factory.mktemp("site")
     proc = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(out)],

@@ -6,9 +6,7 @@ the sd, which account for autocorrelation), combined with the reference's own er
 """
 
 import itertools
-import json
 import math
-from pathlib import Path
 
 import arviz as az
 import jax
@@ -19,11 +17,11 @@ import numpyro.distributions as dist
 import pytest
 from numpyro.infer import MCMC
 
+from models import posteriordb
 from ppl import mcmc
 from tests.mcmc.runs import run_mcmc
 
 N_SIGMA = 4.0
-POSTERIORDB = Path(__file__).parents[2].parent / "shared" / "posteriordb"
 
 
 def z_scores(draws, mean, sd, ref_mean_se=0.0, ref_sd_se=0.0):
@@ -166,8 +164,7 @@ def eight_schools(y, sigma):
 
 def test_eight_schools_hmc_matches_posteriordb():
     name = "eight_schools-eight_schools_noncentered"
-    data = json.loads((POSTERIORDB / f"{name}.data.json").read_text())
-    ref = json.loads((POSTERIORDB / f"{name}.reference.json").read_text())
+    data, ref = posteriordb.load(name)
     y, sigma = jnp.array(data["y"]), jnp.array(data["sigma"])
     m = run_mcmc(mcmc.HMC(eight_schools, num_steps=10), y, sigma, num_warmup=1000, num_samples=2000)
     samples = m.get_samples(group_by_chain=True)

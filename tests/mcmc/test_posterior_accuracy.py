@@ -26,11 +26,11 @@ import pytest
 from numpyro.distributions import constraints
 from numpyro.infer.initialization import init_to_value
 
+from models import posteriordb
 from ppl import mcmc
 from tests.mcmc.runs import run_mcmc
 
 N_SIGMA = 4.0
-POSTERIORDB = Path(__file__).parents[2].parent / "shared" / "posteriordb"
 REFERENCE = Path(__file__).with_name("reference")
 
 pytestmark = pytest.mark.slow
@@ -65,12 +65,6 @@ def assert_close(rows):
     assert not bad, [(k, round(a, 2), round(b, 2)) for k, a, b in rows]
 
 
-def posteriordb(name):
-    data = json.loads((POSTERIORDB / f"{name}.data.json").read_text())
-    ref = json.loads((POSTERIORDB / f"{name}.reference.json").read_text())
-    return data, ref
-
-
 # --- eight schools (non-centered) ------------------------------------------------------
 def eight_schools(y, sigma):
     theta_trans = numpyro.sample("theta_trans", dist.Normal(0.0, 1.0).expand([8]))
@@ -81,7 +75,7 @@ def eight_schools(y, sigma):
 
 
 def test_eight_schools_mala():
-    data, ref = posteriordb("eight_schools-eight_schools_noncentered")
+    data, ref = posteriordb.load("eight_schools-eight_schools_noncentered")
     y, sigma = jnp.array(data["y"]), jnp.array(data["sigma"])
     samples = run(mcmc.MALA(eight_schools), y, sigma, num_warmup=1500, num_samples=6000)
     assert_close(compare(samples, ref))
@@ -104,7 +98,7 @@ def test_low_dim_gauss_mix_hmc():
     """The mixture likelihood also has degenerate modes (a component collapsing on one
     point, sigma → 0) that trap a chain started there: chains start at a neutral point
     (unit sigmas, mu = ∓1, theta = ½), not at the reference values."""
-    data, ref = posteriordb("low_dim_gauss_mix-low_dim_gauss_mix")
+    data, ref = posteriordb.load("low_dim_gauss_mix-low_dim_gauss_mix")
     start = {"mu": jnp.array([-1.0, 1.0]), "sigma": jnp.ones(2), "theta": 0.5}
     kernel = mcmc.HMC(gauss_mix, num_steps=4, init_strategy=init_to_value(values=start))
     samples = run(kernel, jnp.array(data["y"]), num_warmup=400, num_samples=800)

@@ -1,6 +1,8 @@
 """Autoregressive sequence policies: the scan program, the one-site distribution and
 teacher forcing agree; sampling follows the teacher-forced distribution."""
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -14,17 +16,24 @@ import ppl
 from ppl.reward.model import program_log_prob
 
 VOCAB, LENGTH = 3, 3
-NET = ppl.reward.TinyTransformer(VOCAB, max_len=8, key=jax.random.PRNGKey(0))
+
+
+@functools.cache
+def policy_net():
+    """The policy network, built on first use (not by every pytest worker at collection)."""
+    return ppl.reward.TinyTransformer(VOCAB, max_len=8, key=jax.random.PRNGKey(0))
+
+
 PROMPTS = jnp.array([[0, 1], [2, 2]])
 
 
 def test_scan_program_distribution_and_teacher_forcing_agree():
     ys = jnp.array([[0, 2, 1], [1, 1, 0]])
-    one_site = ppl.reward.sequence_policy(NET, LENGTH, param=None)
-    scanned = ppl.reward.sequence_policy(NET, LENGTH, param=None, per_position=True)
+    one_site = ppl.reward.sequence_policy(policy_net(), LENGTH, param=None)
+    scanned = ppl.reward.sequence_policy(policy_net(), LENGTH, param=None, per_position=True)
     tf, a, b = jax.jit(
         lambda ys: (
-            ppl.reward.teacher_forced_log_prob(NET, PROMPTS, ys),
+            ppl.reward.teacher_forced_log_prob(policy_net(), PROMPTS, ys),
             program_log_prob(one_site, {"y": ys}, (2,), PROMPTS),
             program_log_prob(scanned, {"y": ys.T}, (2,), PROMPTS),
         )
@@ -39,7 +48,7 @@ def test_scan_program_distribution_and_teacher_forcing_agree():
 def test_sampling_matches_teacher_forced_probabilities():
     """Frequencies of the 27 responses over 6000 draws of the scan program vs exp(log π),
     within 4.5 binomial standard errors (Bonferroni-ish for 54 cells)."""
-    policy = ppl.reward.sequence_policy(NET, LENGTH, param=None, per_position=True)
+    policy = ppl.reward.sequence_policy(policy_net(), LENGTH, param=None, per_position=True)
     draws = jax.jit(jax.vmap(lambda k: seed(policy, k)(PROMPTS)))(
         jax.random.split(jax.random.PRNGKey(1), 6000)
     )  # (6000, 2, L)
@@ -47,7 +56,7 @@ def test_sampling_matches_teacher_forced_probabilities():
     for b in range(2):
         prob = jnp.exp(
             ppl.reward.teacher_forced_log_prob(
-                NET, jnp.broadcast_to(PROMPTS[b], (seqs.shape[0], 2)), seqs
+                policy_net(), jnp.broadcast_to(PROMPTS[b], (seqs.shape[0], 2)), seqs
             )
         )
         np.testing.assert_allclose(prob.sum(), 1.0, rtol=1e-5)
@@ -61,16 +70,18 @@ def test_sampling_matches_teacher_forced_probabilities():
 def test_brain_trains_a_transformer_policy_towards_the_posterior():
     """A sequence reward posterior over 27 responses: 100 BRAIn steps cut the exact
     KL(posterior || policy) by more than half."""
-    reference = ppl.reward.sequence_policy(NET, LENGTH, param=None)
+    reference = ppl.reward.sequence_policy(policy_net(), LENGTH, param=None)
     reward = lambda y, prompts: 1.5 * jnp.sum(y == prompts[:, :1], axis=-1).astype(float)
     target = ppl.reward.posterior(reference, reward, beta=1.0)
-    policy = ppl.reward.sequence_policy(NET, LENGTH, param="policy")
+    policy = ppl.reward.sequence_policy(policy_net(), LENGTH, param="policy")
     seqs = jnp.asarray(ppl.reward.all_sequences(VOCAB, LENGTH))
     candidates = {"y": jnp.broadcast_to(seqs[:, None], (seqs.shape[0], 2, LENGTH))}
     log_post = ppl.reward.exact_posterior(target, candidates, PROMPTS)  # (27, 2)
 
     def kl(params):
-        net = eqx.combine(params["policy$params"], eqx.partition(NET, eqx.is_inexact_array)[1])
+        net = eqx.combine(
+            params["policy$params"], eqx.partition(policy_net(), eqx.is_inexact_array)[1]
+        )
         lq = jax.vmap(lambda y: ppl.reward.teacher_forced_log_prob(net, PROMPTS, y))(
             candidates["y"]
         )
@@ -86,8 +97,8 @@ def test_brain_trains_a_transformer_policy_towards_the_posterior():
 def test_objectives_accept_the_scan_program():
     """Reference and policy as per-position scan programs (site values (L, B)): the BRAIn
     loss is D_SN summed over prompts, and the metrics are filled in."""
-    reference = ppl.reward.sequence_policy(NET, LENGTH, param=None, per_position=True)
-    policy = ppl.reward.sequence_policy(NET, LENGTH, param="policy", per_position=True)
+    reference = ppl.reward.sequence_policy(policy_net(), LENGTH, param=None, per_position=True)
+    policy = ppl.reward.sequence_policy(policy_net(), LENGTH, param="policy", per_position=True)
     reward = lambda y, prompts: jnp.sum(y == 2, axis=-1).astype(float)
     target = ppl.reward.posterior(reference, reward)
     svi = SVI(target, policy, optax.adam(1e-3), loss=ppl.objectives.brain(4))

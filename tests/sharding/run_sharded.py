@@ -18,7 +18,10 @@ import sys
 import time
 
 N = int(sys.argv[1])
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={N}"
+# the caller's XLA flags (the test suite's compile-speed flags), plus the device count
+os.environ["XLA_FLAGS"] = (
+    f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={N}".strip()
+)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402

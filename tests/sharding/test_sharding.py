@@ -42,7 +42,9 @@ SVI_TOL = 1e-4
 def _run(num_devices, tmp_path, sizes, parts):
     out = tmp_path / f"sharded_{num_devices}_{sizes.replace(',', '_')}.json"
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-    env.pop("XLA_FLAGS", None)
+    # the suite's XLA flags (tests/conftest.py), without any device count of the caller's
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    env["XLA_FLAGS"] = " ".join(f for f in flags if "device_count" not in f)
     proc = subprocess.run(
         [sys.executable, str(HERE / "run_sharded.py"), str(num_devices), str(out), sizes, parts],
         env=env,
