@@ -142,7 +142,10 @@ def _continuous_parent_joint(x):
 
 def _change_point_free_joint(x):
     def lj(mu):  # a global enumerated site: g in {0, 1} shifts every observation
-        lg = [jnp.log(0.4) + jnp.sum(dist.Normal(mu + g, 1.0).log_prob(x)) for g in (0, 1)]
+        lg = [
+            jnp.log(pg) + jnp.sum(dist.Normal(mu + g, 1.0).log_prob(x))
+            for g, pg in ((0, 0.4), (1, 0.6))
+        ]
         return dist.Normal(0.0, 1.0).log_prob(mu) + jnp.logaddexp(*lg)
 
     return lj
