@@ -15,10 +15,6 @@ import pytest
 from ppl import demo
 
 
-# one worker builds the module fixture once (pytest-xdist --dist loadgroup)
-pytestmark = pytest.mark.xdist_group("demo")
-
-
 @pytest.fixture(scope="module")
 def rows():
     return {r["strategy"]: r for r in demo.run(quick=True)}
