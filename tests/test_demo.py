@@ -14,9 +14,6 @@ import pytest
 
 from ppl import demo
 
-# one worker builds the module fixture once (pytest-xdist --dist loadgroup)
-pytestmark = pytest.mark.xdist_group("demo")
-
 
 @pytest.fixture(scope="module")
 def rows():

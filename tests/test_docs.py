@@ -34,10 +34,6 @@ def _api_modules():
     return [m for p in pages for m in _api_hook().DIRECTIVE.findall(p.read_text())]
 
 
-# one worker builds the module fixture once (pytest-xdist --dist loadgroup)
-pytestmark = pytest.mark.xdist_group("docs")
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     for name in (
