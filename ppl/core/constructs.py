@@ -15,7 +15,7 @@ from numpyro.primitives import Messenger
 
 from ..sharding import _particle_placement
 from .consistency import check_model_guide
-from .distributions import base_distribution, log_prob
+from .distributions import base_distribution, log_prob, site_log_density
 from .finite import check_site
 from .model_enum import (
     CollapsedTerm,
@@ -48,16 +48,9 @@ class Simulation(NamedTuple):
 
 
 def site_log_prob_array(site) -> Any:
-    """Scaled log density of one traced sample site, per batch element.
-
-    A transformed site that kept its intermediates (NumPyro records them when it samples)
-    is scored from them, never by inverting the value: flows that only define the forward
-    map (e.g. ``AutoBNAFNormal``) work.
-    """
-    if site.get("intermediates"):
-        lp = site["fn"].log_prob(site["value"], site["intermediates"])
-    else:
-        lp = log_prob(site["fn"], site["value"])
+    """Scaled log density of one traced sample site, per batch element (from its
+    intermediates when it kept them: :func:`~ppl.core.distributions.site_log_density`)."""
+    lp = site_log_density(site)
     if site.get("scale") is not None:
         lp = site["scale"] * lp
     return lp
@@ -209,7 +202,7 @@ def density(model: Callable, values: dict, *args, fix_params: bool = False, **kw
         marked = {n for n, s in tr.items() if s["type"] == "sample" and is_marked(s)}
         check_model_guide(tr, guide_trace, values, marked)
     if filled.enumerated:
-        terms, _ = collapsed_terms(fn, args, kwargs, max_plate_nesting(tr))
+        terms = collapsed_terms(fn, args, kwargs, max_plate_nesting(tr))
     else:
         terms = [
             CollapsedTerm(n, None, tuple(s.get("cond_indep_stack") or ()), s)

@@ -29,6 +29,18 @@ def is_reparameterized(fn: dist.Distribution) -> bool:
     return bool(getattr(fn, "has_rsample", False))
 
 
+def site_log_density(site):
+    """Unscaled log density of one traced sample site, per batch element.
+
+    A transformed site that kept its intermediates (NumPyro records them when it samples)
+    is scored from them, never by inverting the value: flows that only define the forward
+    map (e.g. ``AutoBNAFNormal``) work.
+    """
+    if site.get("intermediates"):
+        return site["fn"].log_prob(site["value"], site["intermediates"])
+    return log_prob(site["fn"], site["value"])
+
+
 def log_prob(fn: dist.Distribution, value):
     """``fn.log_prob(value)`` with correct gradients for logits-parameterized families."""
     if isinstance(fn, dist.ExpandedDistribution):

@@ -22,6 +22,7 @@ from collections import OrderedDict, defaultdict
 from typing import NamedTuple
 
 import funsor
+import jax
 import jax.numpy as jnp
 import numpy as np
 from numpyro.contrib.funsor import enum, plate_to_enum_plate, to_data, to_funsor
@@ -30,7 +31,7 @@ from numpyro.contrib.funsor.infer_util import _get_shift, _shift_name, compute_m
 from numpyro.handlers import block
 from numpyro.primitives import Messenger
 
-from .distributions import base_distribution, log_prob
+from .distributions import base_distribution, site_log_density
 
 funsor.set_backend("jax")
 
@@ -69,20 +70,13 @@ def max_plate_nesting(trace) -> int:
     return max(dims, default=0)
 
 
-def _site_log_prob(site):
-    fn, value = site["fn"], site["value"]
-    if site.get("intermediates"):
-        return fn.log_prob(value, site["intermediates"])
-    return log_prob(fn, value)
-
-
 def _scale_of(site) -> float:
     scale = site.get("scale")
     if scale is None:
         return 1.0
     try:
         arr = np.asarray(scale)
-    except Exception:  # a traced scale (jax tracer)
+    except jax.errors.TracerArrayConversionError:
         raise EnumerationError(
             f"site '{site['name']}': handlers.scale with a traced or array scale cannot be "
             "combined with model-side enumeration (the scale must be a concrete number)"
@@ -123,11 +117,11 @@ class _own_infer(Messenger):
             msg["infer"] = dict(msg.get("infer") or {})
 
 
-def collapsed_terms(fn, args, kwargs, nesting: int) -> tuple[list[CollapsedTerm], dict]:
+def collapsed_terms(fn, args, kwargs, nesting: int) -> list[CollapsedTerm]:
     """Run ``fn`` (the model with values substituted) under enumeration and eliminate.
 
-    Returns the terms (ordinary sites and eliminated groups, in trace order) and the
-    enumerated trace.
+    Returns the terms in trace order: eliminated groups, and ordinary sites (``lp`` None:
+    the caller scores them as it scores a model without enumerated sites).
     """
     with block(hide_fn=lambda msg: msg["type"] == "sample"):
         with plate_to_enum_plate(), enum(first_available_dim=-nesting - 1):
@@ -148,12 +142,12 @@ def collapsed_terms(fn, args, kwargs, nesting: int) -> tuple[list[CollapsedTerm]
     unobserved = frozenset(s["name"] for s in samples if not s["is_observed"])
 
     # log factors, unscaled (a common scale is applied after contraction)
-    factors = []  # (funsor, site names, lp array or None)
+    factors = []  # (funsor, site names)
     time_factors, time_sites = defaultdict(list), defaultdict(list)
     time_init, time_markov = defaultdict(frozenset), defaultdict(frozenset)
     history = 0
     for site in samples:
-        lp = _site_log_prob(site)
+        lp = site_log_density(site)
         dim_to_name = site["infer"]["dim_to_name"]
         if all(d == 1 for d in jnp.shape(lp)) and not dim_to_name:
             lp = jnp.reshape(lp, ())
@@ -165,7 +159,7 @@ def collapsed_terms(fn, args, kwargs, nesting: int) -> tuple[list[CollapsedTerm]
                 history = max(history, max(_get_shift(n) for n in dim_to_name.values()))
                 break
         if time_var is None:
-            factors.append((factor, [site["name"]], lp))
+            factors.append((factor, [site["name"]]))
             continue
         time_factors[time_var].append(factor)
         time_sites[time_var].append(site["name"])
@@ -193,14 +187,14 @@ def collapsed_terms(fn, args, kwargs, nesting: int) -> tuple[list[CollapsedTerm]
             funsor.ops.add,
         )
         for time_var, factor in zip(time_factors, markov, strict=True):
-            factors.append((factor, time_sites[time_var], None))
+            factors.append((factor, time_sites[time_var]))
 
     # groups: factors connected through enumerated variables
     def enum_inputs(factor):
         return {_base_name(k) for k in factor.inputs if _base_name(k) in enumerated}
 
     uf = _UnionFind()
-    for i, (factor, _, _) in enumerate(factors):
+    for i, (factor, _) in enumerate(factors):
         uf.find(("f", i))
         for var in enum_inputs(factor):
             uf.union(("f", i), ("v", var))
@@ -213,17 +207,9 @@ def collapsed_terms(fn, args, kwargs, nesting: int) -> tuple[list[CollapsedTerm]
         names = [n for i in members for n in factors[i][1]]
         group_enum = {v for i in members for v in enum_inputs(factors[i][0])}
         if not group_enum:  # an ordinary site: its own term, as without enumeration
-            (i,) = members
             site = tr[names[0]]
-            lp = factors[i][2]
-            scale = site.get("scale")
             terms.append(
-                CollapsedTerm(
-                    site["name"],
-                    lp if scale is None else scale * lp,
-                    tuple(site.get("cond_indep_stack") or ()),
-                    site,
-                )
+                CollapsedTerm(site["name"], None, tuple(site.get("cond_indep_stack") or ()), site)
             )
             continue
         terms.append(
@@ -231,7 +217,7 @@ def collapsed_terms(fn, args, kwargs, nesting: int) -> tuple[list[CollapsedTerm]
                 tr, [factors[i][0] for i in members], names, group_enum, plate_dims, frames_by_name
             )
         )
-    return terms, tr
+    return terms
 
 
 def _contract(tr, group, names, group_enum, plate_dims, frames_by_name) -> CollapsedTerm:

@@ -141,7 +141,8 @@ def update_state(name: str, value) -> None:
 
 
 def record_terms(trace, arrays: dict, sign: float) -> None:
-    """Record the per-site log-density arrays of a density / simulate run in the current run."""
+    """Record the per-site log-density arrays of a run (``simulate``: sign -1, with the
+    fixed-value log q each term needs) in the current run."""
     from .constructs import site_log_prob_fixed  # local: constructs imports this module
 
     state = current_run()
@@ -149,17 +150,15 @@ def record_terms(trace, arrays: dict, sign: float) -> None:
         return
     for name, lp in arrays.items():
         site = trace[name]
-        plates = plate_frames(site.get("cond_indep_stack"))
         fixed = site_log_prob_fixed(site, "value") if sign < 0 else None
-        state.terms.append(Term(lp, plates, sign, name, fixed))
+        state.terms.append(Term(lp, plate_frames(site.get("cond_indep_stack")), sign, name, fixed))
 
 
 def record_term(lp, frames, sign: float, name: str) -> None:
     """Record one log-density term (per element of the plates ``frames``)."""
     state = current_run()
-    if state is None or state.in_particles():
-        return
-    state.terms.append(Term(lp, plate_frames(frames), sign, name))
+    if state is not None and not state.in_particles():
+        state.terms.append(Term(lp, plate_frames(frames), sign, name))
 
 
 class apply_strategies(Messenger):
