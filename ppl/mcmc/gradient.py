@@ -79,17 +79,28 @@ def leapfrog(logdensity_fn: Callable, step_size, num_steps: int, inverse_mass_ma
     return integrate
 
 
+def jitter_fraction(value, who: str) -> float:
+    """``value`` as a float in [0, 1): the relative half-width of a step-size jitter."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"{who}: step_size_jitter must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
 def hmc(
     logdensity_fn: Callable,
     step_size: float | jax.Array,
     num_steps: int,
     inverse_mass_matrix: float | jax.Array = 1.0,
     adjusted: bool = True,
+    step_size_jitter: float = 0.0,
 ) -> Kernel:
     """Hamiltonian Monte Carlo with ``num_steps`` leapfrog steps and a fresh momentum
     p ~ N(0, M) each step; ``adjusted=False`` skips the MH test (unadjusted HMC, biased
     for any ε > 0, used inside annealed objectives), ``adjusted=True`` accepts with
     min(1, exp(H(x, p) − H(x', p'))). ``inverse_mass_matrix`` is a scalar or a diagonal.
+    ``step_size_jitter`` j draws each step's ε' = ε·(1 + j·(2u − 1)), u ~ U(0, 1),
+    independently of the state (so the kernel stays reversible): it breaks the
+    near-periodic trajectories of a fixed ε·L on near-Gaussian targets (Neal, 2011, §5.4).
 
     Example::
 
@@ -97,15 +108,22 @@ def hmc(
         state, info = k.step(key, k.init(jnp.zeros(3)))
     """
     num_steps = count(num_steps, "num_steps", "hmc")
+    step_size_jitter = jitter_fraction(step_size_jitter, "hmc")
     init = _grad_init(logdensity_fn)
 
     def step(key, state):
-        k_mom, k_acc = jax.random.split(key)
+        # three keys only with jitter, so an unjittered kernel keeps its random stream
+        # (fold_in(key, 1) would equal split(key)[1]: ε would be correlated with the MH test)
+        k_mom, k_acc, *k_eps = jax.random.split(key, 3 if step_size_jitter else 2)
         x, unravel = ravel_pytree(state.position)
         gx, _ = ravel_pytree(state.logdensity_grad)
         inv_mass = jnp.broadcast_to(jnp.asarray(inverse_mass_matrix, x.dtype), x.shape)
         p = jax.random.normal(k_mom, x.shape, x.dtype) / jnp.sqrt(inv_mass)
-        integrate = leapfrog(lambda z: logdensity_fn(unravel(z)), step_size, num_steps, inv_mass)
+        eps = step_size
+        if step_size_jitter:
+            u = jax.random.uniform(k_eps[0], (), minval=-1.0)
+            eps = step_size * (1.0 + step_size_jitter * u)
+        integrate = leapfrog(lambda z: logdensity_fn(unravel(z)), eps, num_steps, inv_mass)
         y, q, logdensity, gy = integrate(x, p, gx)
         new = GradState(unravel(y), logdensity, unravel(gy))
         kinetic = lambda m: 0.5 * jnp.sum(inv_mass * m**2)
