@@ -145,6 +145,27 @@ def dirichlet_model(p):
         numpyro.sample("shares", dist.Dirichlet(jnp.ones(3)), obs=p)
 
 
+class CubicFlow(dist.transforms.ParameterFreeTransform):
+    """y = x + x³: a user's flow with no inverse (log q needs the sampled x)."""
+
+    domain = codomain = dist.constraints.real
+
+    def __call__(self, x):
+        return x + x**3
+
+    def log_abs_det_jacobian(self, x, y, intermediates=None):
+        return jnp.log1p(3 * x**2)
+
+
+def gaussian_model():
+    numpyro.sample("z", dist.Normal(0.0, 1.0))
+
+
+def flow_guide():
+    loc = numpyro.param("loc", 0.0)
+    numpyro.sample("z", dist.TransformedDistribution(dist.Normal(loc, 1.0), CubicFlow()))
+
+
 def check_trace(m, data):
     return lambda: check_observed(trace(seed(m, 0)).get_trace(data), "ppl.density")
 
@@ -422,6 +443,57 @@ CATALOGUE = {
         lambda: ppl.mcmc.HMC(model, step_size_jitter="0.1"),
         ValueError,
         r"HMC: step_size_jitter must be a number in \[0, 1\), got '0.1'",
+    ),
+    "expectation additive=True on a user's program": (
+        lambda: ppl.expectation(lambda key: 2.0 * ppl.density(model, {}, key), additive=True),
+        ValueError,
+        "ppl.expectation: additive=True cannot be verified for a user's program",
+    ),
+    "Objective additive=True on a user's program": (
+        lambda: ppl.Objective(lambda m, g: 0.0, additive=True),
+        ValueError,
+        "ppl.Objective: additive=True cannot be verified",
+    ),
+    "objective decorator additive=True": (
+        lambda: ppl.objective(additive=True)(lambda m, g: 0.0),
+        ValueError,
+        "ppl.Objective: additive=True cannot be verified",
+    ),
+    "iwae dreg with a flow without inverse": (
+        lambda: obj.iwae(4, dreg=True).loss(KEY, {}, gaussian_model, flow_guide),
+        ppl.StrategyError,
+        "site 'z': iwae.dreg=True. needs log q at the sampled value with the guide's "
+        "parameters held fixed, and TransformedDistribution cannot give it",
+    ),
+    "tail_adaptive with a flow without inverse": (
+        lambda: obj.tail_adaptive(4).loss(KEY, {}, gaussian_model, flow_guide),
+        ppl.StrategyError,
+        "site 'z': tail_adaptive needs log q at the sampled value",
+    ),
+    "expectation with a bad key": (
+        lambda: ppl.expectation(lambda: 0.0)(jnp.zeros(3)),
+        TypeError,
+        "ppl.expectation: rng_key must be a random key",
+    ),
+    "expectation program returns None": (
+        lambda: ppl.expectation(lambda: None)(KEY),
+        TypeError,
+        "program '<lambda>' returned None",
+    ),
+    "expectation over an empty plate": (
+        lambda: ppl.expectation(lambda: ppl.density(empty_plate_model, {}, jnp.zeros(0)))(KEY),
+        ValueError,
+        "plate 'flips' has size 0",
+    ),
+    "density of NaN data": (
+        lambda: ppl.density(poisson_model, {}, jnp.array([1.0, jnp.nan])),
+        ValueError,
+        "ppl.density.*'calls'.*nan",
+    ),
+    "particles count True": (
+        lambda: ppl.particles(lambda: 0.0, True),
+        ValueError,
+        "ppl.particles: num_particles must be a positive int, got True",
     ),
     "tempered_smc max_stages 0": (
         lambda: ppl.mcmc.tempered_smc(KEY, jnp.zeros((4, 1)), LOGP, LOGP, None, max_stages=0),

@@ -14,7 +14,9 @@ from numpyro.handlers import block, seed, substitute, trace
 from numpyro.primitives import Messenger
 
 from ..sharding import _particle_placement
+from .arguments import count
 from .consistency import check_model_guide
+from .data_check import check_observed
 from .distributions import base_distribution, log_prob, site_log_density
 from .finite import check_site
 from .model_enum import (
@@ -65,13 +67,13 @@ def site_log_prob_fixed(site, fixed: str) -> Any:
     """Per-element log density with the distribution (``fixed="params"``) or the value
     (``fixed="value"``) held fixed (stop-gradient)."""
     fn, value = site["fn"], site["value"]
-    if fixed == "params":
-        fn = jax.tree.map(jax.lax.stop_gradient, fn)
-    else:
-        value = jax.lax.stop_gradient(value)
     try:
+        if fixed == "params":
+            fn = jax.tree.map(jax.lax.stop_gradient, fn)
+        else:
+            value = jax.lax.stop_gradient(value)
         lp = log_prob(fn, value)
-    except NotImplementedError:  # a transform without an inverse: no fixed-value score
+    except NotImplementedError:  # a transform without an inverse (or not a pytree)
         return None
     if site.get("scale") is not None:
         lp = site["scale"] * lp
@@ -198,6 +200,7 @@ def density(model: Callable, values: dict, *args, fix_params: bool = False, **kw
     filled = _fill_enumerated(fn, values, "ppl.density")
     with block(hide_fn=lambda msg: msg["type"] == "sample"):
         tr = trace(filled).get_trace(*args, **kwargs)
+    check_observed(tr, "ppl.density")
     if guide_trace is not None:
         marked = {n for n, s in tr.items() if s["type"] == "sample" and is_marked(s)}
         check_model_guide(tr, guide_trace, values, marked)
@@ -263,10 +266,7 @@ def particles(fn: Callable, num_particles: int) -> Callable:
     """
     if not callable(fn):
         raise TypeError(f"ppl.particles needs a callable, got {type(fn).__name__}")
-    if not isinstance(num_particles, int) or num_particles < 1:
-        raise ValueError(
-            f"ppl.particles: num_particles must be a positive int, got {num_particles!r}"
-        )
+    num_particles = count(num_particles, "num_particles", "ppl.particles")
 
     def run(*args, **kwargs):
         with warnings.catch_warnings():

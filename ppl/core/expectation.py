@@ -33,6 +33,7 @@ import numpy as np
 from jax import lax
 from numpyro.handlers import seed
 
+from .arguments import check_key, named_plate_errors
 from .runtime import RunState, Target, apply_strategies, box
 
 MAX_JOINT_COMBINATIONS = 1 << 16
@@ -56,6 +57,11 @@ class Plan(NamedTuple):
 
 
 def _scalar(value, where):
+    if value is None:
+        raise TypeError(
+            f"program {where!r} returned None; an expectation's program must return a "
+            "scalar (a missing `return`?)"
+        )
     value = jnp.asarray(value)
     if value.shape != ():
         raise ValueError(
@@ -68,7 +74,12 @@ def _scalar(value, where):
 
 
 class Expectation:
-    """The expectation of a program; see :func:`expectation`."""
+    """The expectation of a program; build it with :func:`expectation`.
+
+    ``additive=True`` here is the caller's guarantee that the program returns Σ density
+    terms − Σ simulate log q (ppl's ELBO family and the tests that exercise that path);
+    the public constructors refuse it for programs not additive by construction.
+    """
 
     def __init__(
         self,
@@ -81,8 +92,9 @@ class Expectation:
             raise TypeError(f"ppl.expectation needs a callable program, got {type(fn)}")
         if stick_the_landing and not additive:
             raise ValueError(
-                "stick_the_landing needs an additive program (ELBO-like); in other programs "
-                "use ppl.simulate(...).log_prob_stl where it is valid"
+                "stick_the_landing needs an additive program (ELBO-like): use "
+                "ppl.objectives.elbo(stick_the_landing=True); in other programs use "
+                "ppl.simulate(...).log_prob_stl where it is valid"
             )
         self.fn = fn
         self.additive = additive
@@ -91,12 +103,13 @@ class Expectation:
 
     # -- runs -----------------------------------------------------------------------
     def _run(self, state, key, args, kwargs):
-        with seed(rng_seed=key), apply_strategies(state=state):
+        with named_plate_errors(), seed(rng_seed=key), apply_strategies(state=state):
             value = self.fn(*args, **kwargs)
         return _scalar(value, getattr(self.fn, "__name__", "program"))
 
     def discover(self, key, *args, **kwargs) -> Plan:
         """The static plan: random choices (strategies, sizes) in execution order."""
+        check_key(key, "ppl.expectation")
         state = RunState("discover")
         jax.eval_shape(lambda: self._run(state, key, args, kwargs))
         sites, terms = state.sites, []
@@ -410,6 +423,27 @@ def _local_term(site, replays, theta, coef, w_up):
     return jnp.sum(w_up * jnp.sum(inner, axis=(1, 2)))
 
 
+ADDITIVE_REFUSED = (
+    "additive=True cannot be verified for a user's program, and a program whose value is "
+    "not exactly its ppl.density terms minus its ppl.simulate log q (e.g. a weighted or "
+    "exponentiated ELBO) would get a biased gradient with no error; the flag is reserved "
+    "for ppl's ELBO family, additive by construction. Drop it (the estimate stays "
+    "unbiased), or use ppl.objectives.elbo(...) (Rao-Blackwellized, plate fast path, "
+    "stick_the_landing)"
+)
+
+
+def additive_by_construction(fn: Callable) -> Callable:
+    """Mark ``fn`` (one of ppl's own programs) as returning Σ density terms − Σ simulate
+    log q by construction: only such programs may be wrapped with ``additive=True``."""
+    fn.__ppl_additive__ = True
+    return fn
+
+
+def is_additive_by_construction(fn: Callable) -> bool:
+    return getattr(fn, "__ppl_additive__", False) is True
+
+
 def expectation(
     fn: Callable,
     *,
@@ -419,13 +453,15 @@ def expectation(
 ) -> Expectation:
     """``E = ppl.expectation(f)``: ``E(key, *args)`` is a differentiable unbiased estimate.
 
-    ``additive=True`` declares that ``f`` returns the sum of its ``ppl.density`` terms
-    minus its ``ppl.simulate`` log probabilities (ELBO-like); plate sites with ``enum`` /
-    ``mvd`` then cost O(N |support|) instead of O(N^2 |support|), and each ``reinforce``
-    score multiplies only the terms that depend on its site, element by element in plates
-    (Rao-Blackwellization, as NumPyro's ``TraceGraph_ELBO``; ``rao_blackwellize=False``
-    turns it off). ``stick_the_landing=True`` (additive only) also drops the zero-mean
-    direct gradient of reparameterized sites' own log q terms.
+    ``reinforce`` scores multiply the program's whole value (and its baselines); ppl's
+    ELBO family (``ppl.objectives.elbo``) additionally uses that its value is a sum of
+    density terms (additive by construction): each score then multiplies only the terms
+    that depend on its site, element by element in plates (Rao-Blackwellization, as
+    NumPyro's ``TraceGraph_ELBO``; ``rao_blackwellize=False`` turns it off), and plate
+    sites with ``enum`` / ``mvd`` cost O(N |support|) instead of O(N^2 |support|).
+    ``additive=True`` on a user's program is refused (a ``ValueError``): it cannot be
+    verified, and a wrong declaration would bias the gradient silently; so is
+    ``stick_the_landing=True``, which needs it.
 
     Example::
 
@@ -436,9 +472,11 @@ def expectation(
         E = ppl.expectation(f)
         value, grad = E.value_and_grad(jax.random.PRNGKey(0), 0.4)
     """
+    if additive and not is_additive_by_construction(fn):
+        raise ValueError(f"ppl.expectation: {ADDITIVE_REFUSED}")
     return Expectation(
         fn,
-        additive=additive,
+        additive=bool(additive),
         rao_blackwellize=rao_blackwellize,
         stick_the_landing=stick_the_landing,
     )

@@ -11,7 +11,7 @@ from numpyro.handlers import substitute, trace
 
 from ..core.arguments import check_key, count, named_plate_errors
 from ..core.data_check import check_observed
-from ..core.expectation import Expectation
+from ..core.expectation import ADDITIVE_REFUSED, Expectation, is_additive_by_construction
 
 
 class Objective:
@@ -38,6 +38,8 @@ class Objective:
     ):
         if not callable(program):
             raise TypeError(f"ppl.Objective needs a callable program, got {type(program).__name__}")
+        if additive and not is_additive_by_construction(program):
+            raise ValueError(f"ppl.Objective: {ADDITIVE_REFUSED}")
         self.name = name or getattr(program, "__name__", "objective")
         self.num_estimates = count(num_estimates, "num_estimates", f"objective {self.name!r}")
         self.program = program
@@ -158,9 +160,8 @@ def _mutable_sites(rng_key, params, model, guide, args, kwargs):
 def objective(program: Callable | None = None, *, name: str | None = None, additive=False):
     """Decorator: ``@ppl.objective`` turns ``program(model, guide, *args)`` into an SVI loss.
 
-    ``additive=True`` declares an ELBO-like program (value = density terms - simulate log
-    probabilities), enabling O(N |support|) per-element corrections in plates
-    (see :func:`ppl.expectation`).
+    ``additive=True`` is reserved for ppl's own ELBO family (a user's program is refused:
+    its additivity cannot be verified; see :func:`ppl.expectation`).
 
     Example::
 

@@ -6,11 +6,13 @@ import jax
 import jax.numpy as jnp
 from numpyro.primitives import Messenger
 
-from ..core.constructs import density, particles, simulate
+from ..core.constructs import density, particles, simulate, site_log_prob_fixed
 from ..core.distributions import is_reparameterized
+from ..core.expectation import additive_by_construction
 from ..core.strategies import Reinforce, StrategyError
 
 
+@additive_by_construction
 def log_weight(model, guide, *args, **kwargs):
     """One sample z ~ q and its log weight log p(x, z) - log q(z)."""
     q = simulate(guide, *args, **kwargs)
@@ -52,3 +54,15 @@ def require_reparameterized(simulation, who: str) -> None:
                     f"site '{name}': {who} needs a reparameterized guide; "
                     f"{type(site['fn']).__name__} has no rsample"
                 )
+    if simulation.log_prob_stl is None:  # a latent site whose log q needs its intermediates
+        for name, site in simulation.trace.items():
+            if site["type"] == "sample" and not site["is_observed"]:
+                if site_log_prob_fixed(site, "params") is None:
+                    raise StrategyError(
+                        f"site '{name}': {who} needs log q at the sampled value with the "
+                        f"guide's parameters held fixed, and {type(site['fn']).__name__} cannot "
+                        "give it (a transform without an inverse, whose log q exists only "
+                        "from the sampling intermediates, or one that is not a JAX pytree); "
+                        "use a guide whose transforms are invertible pytrees, or the "
+                        "objective without dreg / stick_the_landing"
+                    )
