@@ -166,6 +166,16 @@ def flow_guide():
     numpyro.sample("z", dist.TransformedDistribution(dist.Normal(loc, 1.0), CubicFlow()))
 
 
+def model_with_observed_strategy():
+    z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+    numpyro.sample("x", dist.Normal(z, 1.0), obs=0.5, infer={"grad": "mvd"})
+
+
+def program_with_observed_strategy():
+    numpyro.sample("x", dist.Bernoulli(0.3), obs=1.0, infer={"grad": "reinforce"})
+    return 0.0
+
+
 def check_trace(m, data):
     return lambda: check_observed(trace(seed(m, 0)).get_trace(data), "ppl.density")
 
@@ -494,6 +504,21 @@ CATALOGUE = {
         lambda: ppl.particles(lambda: 0.0, True),
         ValueError,
         "ppl.particles: num_particles must be a positive int, got True",
+    ),
+    "strategy on an observed model site": (
+        lambda: ppl.density(model_with_observed_strategy, {"z": 0.1}),
+        ppl.StrategyError,
+        r"ppl.density: site 'x' is observed but has infer\['grad'\]='mvd'",
+    ),
+    "strategy on an observed site of a guide": (
+        lambda: seed(lambda: ppl.simulate(model_with_observed_strategy), 0)(),
+        ppl.StrategyError,
+        r"ppl.simulate: site 'x' is observed but has infer\['grad'\]='mvd'",
+    ),
+    "strategy on an observed site of a program": (
+        lambda: ppl.expectation(program_with_observed_strategy)(KEY),
+        ppl.StrategyError,
+        r"ppl.expectation: site 'x' is observed but has infer\['grad'\]='reinforce'",
     ),
     "tempered_smc max_stages 0": (
         lambda: ppl.mcmc.tempered_smc(KEY, jnp.zeros((4, 1)), LOGP, LOGP, None, max_stages=0),

@@ -34,6 +34,7 @@ from .runtime import (
     record_term,
     record_terms,
 )
+from .strategies import refuse_strategy_on_observed
 
 
 class Simulation(NamedTuple):
@@ -96,6 +97,7 @@ def simulate(guide: Callable, *args, **kwargs) -> Simulation:
     values, arrays, lp_stl = {}, {}, jnp.zeros(())
     for name, site in tr.items():
         if site["type"] == "sample":
+            refuse_strategy_on_observed(name, site, "ppl.simulate")
             arrays[name] = site_log_prob_array(site)
             if not site["is_observed"]:
                 values[name] = site["value"]
@@ -218,6 +220,7 @@ def density(model: Callable, values: dict, *args, fix_params: bool = False, **kw
         if term.site is not None:
             name, site = term.name, term.site
             _check_shape(name, site)
+            refuse_strategy_on_observed(name, site, "ppl.density")
             if guide_trace is not None and not site["is_observed"] and name in guide_trace:
                 _check_support(name, site, guide_trace[name])
             if lp is None:

@@ -27,7 +27,14 @@ from numpyro.primitives import Messenger
 from .distributions import base_distribution, log_prob, num_elements
 from .mvd import enum_rule, mvd_rule
 from .running import RunningBaseline
-from .strategies import MVD, Enum, Reinforce, StrategyError, resolve_strategy
+from .strategies import (
+    MVD,
+    Enum,
+    Reinforce,
+    StrategyError,
+    refuse_strategy_on_observed,
+    resolve_strategy,
+)
 
 _STACK: list = []  # active runs (innermost last)
 
@@ -184,7 +191,10 @@ class apply_strategies(Messenger):
                 msg["stop"] = True
 
     def postprocess_message(self, msg):
-        if msg["type"] != "sample" or msg["is_observed"]:
+        if msg["type"] != "sample":
+            return
+        if msg["is_observed"]:
+            refuse_strategy_on_observed(msg["name"], msg, "ppl.expectation")
             return
         state = self.state
         name, fn, x = msg["name"], msg["fn"], msg["value"]

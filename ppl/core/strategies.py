@@ -202,6 +202,17 @@ STRATEGIES = {
 }
 
 
+def refuse_strategy_on_observed(site_name: str, site: dict, where: str) -> None:
+    """A gradient strategy on an observed site is a ``StrategyError``: the site is never
+    sampled, so the strategy could only be ignored."""
+    spec = (site.get("infer") or {}).get("grad")
+    if site.get("is_observed") and spec is not None:
+        raise StrategyError(
+            f"{where}: site '{site_name}' is observed but has infer['grad']={spec!r}; a "
+            "gradient strategy applies to sampled sites only: remove it"
+        )
+
+
 def resolve_strategy(site_name: str, fn: dist.Distribution, spec) -> Strategy:
     """Turn ``infer["grad"]`` (name, object or None) into a checked :class:`Strategy`."""
     if spec is None:
