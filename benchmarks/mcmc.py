@@ -110,6 +110,7 @@ def main(quick: bool = False):
             "NumPyro HMC(num_steps=10)", HMC(eight_schools, num_steps=10), data, warmup, draws
         ),
         bench_driver("NumPyro NUTS", NUTS(eight_schools), data, warmup, draws),
+        bench_driver("ppl NUTS (BlackJAX)", ppl.mcmc.NUTS(eight_schools), data, warmup, draws),
         bench_driver("ppl MALA", ppl.mcmc.MALA(eight_schools), data, warmup, draws),
     ]
     step = float(rows[0]["mcmc"].last_state.adapt.step_size)

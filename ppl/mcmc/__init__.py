@@ -4,7 +4,7 @@ Pure kernels take an unnormalized log density of a position (an array or a pytre
 return a :class:`Kernel`; they run under ``jax.jit``, ``jax.vmap`` and ``jax.lax.scan``.
 """
 
-from .adapters import HMC, MALA, AdaptState, KernelState, ModelKernel, RandomWalk
+from .adapters import HMC, MALA, NUTS, AdaptState, KernelState, ModelKernel, RandomWalk
 from .arviz import to_arviz
 from .base import GradState, Info, Kernel, State, mh_accept, summarize
 from .combinators import block, cycle, mixture, repeat
@@ -14,6 +14,7 @@ from .gradient import hmc, leapfrog, mala
 from .involutive import Involutive, hmc_involution, involutive, log_abs_det_jacobian
 from .mh import independence, mh, random_walk
 from .model_mh import MH
+from .nuts import nuts
 from .smc import SMC, SMCResult, data_annealed_smc, systematic_resample, tempered_smc
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "mala",
     "hmc",
     "leapfrog",
+    "nuts",
     "enum_gibbs",
     "involutive",
     "hmc_involution",
@@ -43,6 +45,7 @@ __all__ = [
     "RandomWalk",
     "MALA",
     "HMC",
+    "NUTS",
     "EnumGibbs",
     "MH",
     "Involutive",

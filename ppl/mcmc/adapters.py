@@ -35,6 +35,7 @@ from ..core.arguments import count
 from .base import Kernel, summarize
 from .gradient import hmc, jitter_fraction, mala
 from .mh import random_walk
+from .nuts import nuts
 
 
 class AdaptState(NamedTuple):
@@ -433,6 +434,52 @@ class HMC(ModelKernel):
             adjusted=self._adjusted,
             step_size_jitter=self._jitter,
         )
+
+    def find_step_size(self, logdensity_fn):
+        return _leapfrog_step_size(logdensity_fn)
+
+
+class NUTS(ModelKernel):
+    """The No-U-Turn Sampler on a NumPyro model (BlackJAX's NUTS, see
+    :func:`ppl.mcmc.nuts`): path length chosen per step, step size tuned during warm-up
+    to ``target_accept_prob`` (default 0.8) and a diagonal inverse mass matrix estimated
+    in Stan's windows (NumPyro's ``warmup_adapter``), as NumPyro's ``NUTS``.
+
+    Example::
+
+        mcmc = MCMC(ppl.mcmc.NUTS(model), num_warmup=500, num_samples=1000,
+                    num_chains=4, chain_method="vectorized")
+    """
+
+    supports_mass_matrix = True
+    adapts_mass_matrix = True
+
+    def __init__(
+        self,
+        model: Callable | None = None,
+        potential_fn: Callable | None = None,
+        step_size: float = 0.1,
+        max_num_doublings: int = 10,
+        adapt_step_size: bool = True,
+        target_accept_prob: float | None = None,
+        init_strategy: Callable = init_to_uniform,
+        adapt_mass_matrix: bool | None = None,
+        inverse_mass_matrix: jax.Array | None = None,
+    ):
+        super().__init__(
+            model,
+            potential_fn,
+            step_size,
+            adapt_step_size,
+            target_accept_prob,
+            init_strategy,
+            adapt_mass_matrix,
+            inverse_mass_matrix,
+        )
+        self._max_num_doublings = count(max_num_doublings, "max_num_doublings", "NUTS")
+
+    def build(self, logdensity_fn, step_size, inverse_mass_matrix=1.0):
+        return nuts(logdensity_fn, step_size, inverse_mass_matrix, self._max_num_doublings)
 
     def find_step_size(self, logdensity_fn):
         return _leapfrog_step_size(logdensity_fn)

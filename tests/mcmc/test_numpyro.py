@@ -58,10 +58,11 @@ KERNELS = [
     ),
     ("mala", lambda: mcmc.MALA(conjugate, step_size=0.1)),
     ("hmc", lambda: mcmc.HMC(conjugate, step_size=0.1, num_steps=5)),
+    ("nuts", lambda: mcmc.NUTS(conjugate, step_size=0.1)),
 ]
 
 
-@pytest.mark.parametrize("name, make", KERNELS, ids=["random_walk", "mala", "hmc"])
+@pytest.mark.parametrize("name, make", KERNELS, ids=["random_walk", "mala", "hmc", "nuts"])
 def test_conjugate_posterior(name, make):
     kernel = make()
     m = run_mcmc(kernel, Y_POIS, Y_NORM, num_warmup=300, num_samples=1500)
@@ -162,11 +163,19 @@ def eight_schools(y, sigma):
     numpyro.sample("y", dist.Normal(theta, sigma), obs=y)
 
 
-def test_eight_schools_hmc_matches_posteriordb():
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: mcmc.HMC(eight_schools, num_steps=10),
+        pytest.param(lambda: mcmc.NUTS(eight_schools), marks=pytest.mark.slow),
+    ],
+    ids=["hmc", "nuts"],
+)
+def test_eight_schools_matches_posteriordb(make):
     name = "eight_schools-eight_schools_noncentered"
     data, ref = posteriordb.load(name)
     y, sigma = jnp.array(data["y"]), jnp.array(data["sigma"])
-    m = run_mcmc(mcmc.HMC(eight_schools, num_steps=10), y, sigma, num_warmup=1000, num_samples=2000)
+    m = run_mcmc(make(), y, sigma, num_warmup=1000, num_samples=2000)
     samples = m.get_samples(group_by_chain=True)
     report = []
     for key, r in ref.items():
