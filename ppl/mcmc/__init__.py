@@ -8,6 +8,7 @@ from .adapters import HMC, MALA, NUTS, AdaptState, KernelState, ModelKernel, Ran
 from .arviz import to_arviz
 from .base import GradState, Info, Kernel, State, mh_accept, summarize
 from .combinators import block, cycle, mixture, repeat
+from .diagnostics import Diagnostics, MixingWarning, diagnose
 from .enum_gibbs import enum_gibbs
 from .gibbs import EnumGibbs
 from .gradient import hmc, leapfrog, mala
@@ -55,4 +56,7 @@ __all__ = [
     "SMC",
     "SMCResult",
     "to_arviz",
+    "diagnose",
+    "Diagnostics",
+    "MixingWarning",
 ]
