@@ -16,8 +16,8 @@ deterministic, so the claims are equalities of integers, no tolerance needed.
   per four steps exactly, recursive: 1080, 1850, 2620, 3390 at T = 4, 8, 12, 16), not
   quadratic.
 
-Power: the logarithmic check rejects the ``markov`` model (its growth per doubling
-doubles).
+Power: the logarithmic check rejects the ``markov`` model (501, 696, 1080 equations at
+T = 1, 2, 4: its growth per doubling doubles).
 """
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ def test_scan_jaxpr_at_t_1024_has_exactly_four_more_levels_than_at_64():
     assert grad_eqns(hmm_scan, 1024) - grad_eqns(hmm_scan, 64) == 4 * per_doubling
 
 
+@pytest.mark.slow
 def test_markov_jaxpr_grows_linearly_in_t():
     """eqns(8) - eqns(6) == eqns(6) - eqns(4) up to a few equations (measured: 384 vs 386;
     the per-step count alternates 190-194 with markov's recycled dim names). A quadratic
@@ -101,7 +102,7 @@ def test_markov_jaxpr_grows_linearly_in_t():
 def test_counting_detects_t_dependence_in_the_markov_model():
     """Power: the check that passes for ``scan`` fails for the unrolled ``markov`` loop."""
     with pytest.raises(AssertionError, match="hmm_markov"):
-        assert_logarithmic(hmm_markov, 2)
+        assert_logarithmic(hmm_markov, 1)
 
 
 @pytest.mark.slow
