@@ -6,7 +6,8 @@ from the guide, with its data. They cover the structures of ``TraceEnum_ELBO``: 
 site, several in a plate, nested plates, a global site with plate-local children, two
 plates coupled through a global site, Markov chains (``markov`` loops and ``scan``, first
 and second order, factorial), enumerated sites with continuous parents, ``mask`` and
-``scale``. Shared by the tests, the benchmarks and tutorial 07.
+``scale``; and, in :data:`STATISTICAL_ZOO`, a subsampled plate and stochastic guides.
+Shared by the tests, the benchmarks and tutorial 07.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Case(NamedTuple):
     args: tuple
     markov: bool = False  # a Markov chain (brute force only on short ones)
     scan: bool = False  # uses numpyro.contrib.control_flow.scan
+    guide: str = "AutoDelta"  # the AutoGuide (numpyro.infer.autoguide) over continuous latents
 
 
 def _simplex(name, shape):
@@ -163,6 +165,19 @@ def masked(x, mask):
             numpyro.sample("x", dist.Normal(locs[z], 1.0), obs=x)
 
 
+SUBSAMPLE = 8
+
+
+@config_enumerate
+def mixture_subsampled(x):
+    """:func:`mixture` whose data plate draws a minibatch of ``SUBSAMPLE`` points."""
+    w = numpyro.sample("w", dist.Dirichlet(jnp.ones(3)))
+    locs = numpyro.sample("locs", dist.Normal(0.0, 3.0).expand([3]).to_event(1))
+    with numpyro.plate("data", x.shape[0], subsample_size=SUBSAMPLE) as idx:
+        z = numpyro.sample("z", dist.Categorical(w))
+        numpyro.sample("x", dist.Normal(locs[z], 1.0), obs=x[idx])
+
+
 def scaled(x):
     with numpyro.handlers.scale(scale=0.5):
         mixture(x)
@@ -236,6 +251,7 @@ def _series(n, seed=0):
 
 X5 = jnp.array([-1.9, 0.2, 2.1, 1.7, -0.4])
 X3 = jnp.array([-1.2, 0.9, 2.4])
+X20 = jnp.sin(jnp.arange(20) * 1.3) * 2.5 + 0.5
 
 ZOO = [
     Case("single", single, (jnp.array(0.7),)),
@@ -261,4 +277,12 @@ ZOO = [
     Case("hmm_sequences", hmm_sequences, (jnp.stack([_series(4), _series(4, 1.0)], 1),)),
     Case("hmm_markov_50", hmm_markov, (_series(50),), markov=True),
     Case("hmm_scan_60", hmm_scan, (_series(60),), markov=True, scan=True),
+]
+
+# Pairs whose ELBO is random (a subsampled plate, a stochastic guide): compared in
+# distribution, over many keys (tests/enum/test_statistical_pairs.py), not to rtol 1e-5.
+STATISTICAL_ZOO = [
+    Case("mixture_subsampled", mixture_subsampled, (X20,)),
+    Case("mixture_autonormal", mixture, (X5,), guide="AutoNormal"),
+    Case("continuous_parent_autonormal", continuous_parent, (X3,), guide="AutoNormal"),
 ]

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
+import numpyro.distributions as dist
 from numpyro.handlers import block, seed, substitute, trace
 from numpyro.infer.autoguide import AutoDelta, AutoNormal
 from numpyro.infer.util import log_density
@@ -87,6 +88,28 @@ def forward2_log_marginal(log_trans2, log_emit):
     return jax.nn.logsumexp(alpha)
 
 
+def continuous_parent_log_joint(x):
+    """mu -> log p(x, mu) of ``models.enum_zoo.continuous_parent``, z summed out by hand."""
+
+    def lj(mu):
+        p1 = jax.nn.log_sigmoid(mu)
+        p0 = jax.nn.log_sigmoid(-mu)
+        lp1 = p1 + dist.Normal(mu, 1.0).log_prob(x)
+        lp0 = p0 + dist.Normal(-mu, 1.0).log_prob(x)
+        return dist.Normal(0.0, 1.0).log_prob(mu) + jnp.sum(jnp.logaddexp(lp0, lp1))
+
+    return lj
+
+
+def gaussian_expectation(f, loc, scale, num_nodes=4001, width=10.0):
+    """E_{mu ~ N(loc, scale)}[f(mu)]: trapezoid rule in t = (mu - loc) / scale on
+    [-width, width] (exponentially accurate for a smooth f; differentiable in loc, scale)."""
+    t = jnp.linspace(-width, width, num_nodes)
+    w = jnp.full(num_nodes, 2 * width / (num_nodes - 1)).at[0].mul(0.5).at[-1].mul(0.5)
+    density = jnp.exp(-0.5 * t**2) / jnp.sqrt(2 * jnp.pi)
+    return jnp.sum(w * density * jax.vmap(f)(loc + scale * t))
+
+
 def guide_values(guide, params, args):
     """The (deterministic) values of an AutoDelta guide at ``params``."""
     tr = trace(substitute(seed(guide, 0), data=params)).get_trace(*args)
@@ -98,8 +121,10 @@ __all__ = [
     "AutoNormal",
     "brute_force_log_joint",
     "continuous_guide",
+    "continuous_parent_log_joint",
     "forward2_log_marginal",
     "forward_log_marginal",
+    "gaussian_expectation",
     "guide_values",
     "numpyro",
 ]

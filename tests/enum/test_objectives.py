@@ -12,7 +12,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +27,12 @@ from numpyro.infer import TraceEnum_ELBO
 import ppl
 from models.enum_zoo import continuous_parent
 from ppl.validate import check_unbiased
+
+_spec = importlib.util.spec_from_file_location(
+    "enum_reference", Path(__file__).with_name("reference.py")
+)
+ref = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ref)
 
 X = jnp.array([-0.4, 2.3, 1.9, 0.1, 2.6])
 W = jnp.array([0.7, 0.3])  # p(z = 0), p(z = 1)
@@ -129,17 +137,6 @@ def _single_mu_joint(x, shift=2.0):
     return lj
 
 
-def _continuous_parent_joint(x):
-    def lj(mu):  # models.enum_zoo.continuous_parent
-        p1 = jax.nn.log_sigmoid(mu)
-        p0 = jax.nn.log_sigmoid(-mu)
-        lp1 = p1 + dist.Normal(mu, 1.0).log_prob(x)
-        lp0 = p0 + dist.Normal(-mu, 1.0).log_prob(x)
-        return dist.Normal(0.0, 1.0).log_prob(mu) + jnp.sum(jnp.logaddexp(lp0, lp1))
-
-    return lj
-
-
 def _change_point_free_joint(x):
     def lj(mu):  # a global enumerated site: g in {0, 1} shifts every observation
         lg = [
@@ -174,7 +171,7 @@ def _iwae_means(model, g, params, ks, n=1600):
     [
         (enum_model, _single_mu_joint(X)),
         (global_model, _change_point_free_joint(X)),
-        (continuous_parent, _continuous_parent_joint(X)),
+        (continuous_parent, ref.continuous_parent_log_joint(X)),
     ],
     ids=["plate_local", "global", "continuous_parent"],
 )
