@@ -12,8 +12,10 @@ that touches none is an ordinary term of its own site; each group is contracted 
 enumerated variables and over every plate not shared by all of its factors, and is kept
 per element of the plates all its factors share, so that Rao-Blackwellization and the
 per-element plate corrections of ``ppl.expectation`` see it as one term per plate element
-(whose provenance is every value its factors read). A Markov chain (``markov`` or
-``scan``) costs O(T S^(order+1)).
+(whose provenance is every value its factors read). A ``markov`` chain costs
+O(T S^(order+1)); a first-order ``scan`` chain's time axis is a product of T transition
+matrices, O(T S^3), contracted by one ``lax.scan`` (:mod:`ppl.core.markov_chain`), so its
+program does not grow with T.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro.contrib.funsor import enum, plate_to_enum_plate, to_data, to_funsor
 from numpyro.contrib.funsor import trace as packed_trace
-from numpyro.contrib.funsor.infer_util import _get_shift, _shift_name, compute_markov_factors
+from numpyro.contrib.funsor.infer_util import _get_shift, _shift_name
 from numpyro.handlers import block
 from numpyro.primitives import Messenger
 
 from .distributions import base_distribution, site_log_density
+from .markov_chain import markov_factors
 
 funsor.set_backend("jax")
 
@@ -176,15 +179,8 @@ def collapsed_terms(fn, args, kwargs, nesting: int) -> list[CollapsedTerm]:
             if var in names:
                 time_markov[time_var] |= frozenset(names)
     if time_factors:
-        markov = compute_markov_factors(
-            time_factors,
-            time_init,
-            time_markov,
-            unobserved,
-            frozenset(plate_dims),
-            history,
-            funsor.ops.logaddexp,
-            funsor.ops.add,
+        markov = markov_factors(
+            time_factors, time_init, time_markov, unobserved, frozenset(plate_dims), history
         )
         for time_var, factor in zip(time_factors, markov, strict=True):
             factors.append((factor, time_sites[time_var]))

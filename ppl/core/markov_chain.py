@@ -1,0 +1,93 @@
+"""The time axis of a ``scan`` Markov chain, contracted by ``jax.lax.scan``.
+
+NumPyro's ``compute_markov_factors`` contracts it with funsor's
+``sequential_sum_product``, a parallel prefix product unrolled in Python: the traced
+program grows with log2 T. Here a first-order chain's transition factors are multiplied in
+log space by one ``lax.scan`` over time,
+
+    M = T_0 ⊗ T_1 ⊗ … ⊗ T_{n-1},   (A ⊗ B)[p, c] = log Σ_k exp(A[p, k] + B[k, c]),
+
+the same funsor as ``sequential_sum_product(logaddexp, add, ...)``, from a program whose
+size does not depend on T. Higher-order chains keep NumPyro's ``sarkka_bilmes_product``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import funsor
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro.contrib.funsor.infer_util import _get_shift, _shift_name, compute_markov_factors
+
+
+def _log_matmul(a, b):
+    """(…, P, K) ⊗ (…, K, C) in log space."""
+    return jax.nn.logsumexp(a[..., :, :, None] + b[..., None, :, :], axis=-2)
+
+
+def scan_sum_product(trans: funsor.Funsor, time: funsor.Variable, step: dict) -> funsor.Funsor:
+    """``funsor.sum_product.sequential_sum_product(logaddexp, add, trans, time, step)`` by
+    a ``lax.scan``: ``trans`` has inputs ``time``, the previous-step variables (keys of
+    ``step``), the current ones (its values) and batch inputs (plates, globals)."""
+    if not isinstance(trans, funsor.Tensor):
+        return funsor.sum_product.sequential_sum_product(
+            funsor.ops.logaddexp, funsor.ops.add, trans, time, step
+        )
+    prevs = sorted(step)
+    currs = [step[p] for p in prevs]
+    domains = {}
+    for p, c in zip(prevs, currs, strict=True):
+        domains[p] = domains[c] = trans.inputs.get(p, trans.inputs.get(c))
+    needed = OrderedDict([(time.name, time.output)])
+    needed.update((v, domains[v]) for v in prevs + currs if domains[v] is not None)
+    missing = OrderedDict((k, d) for k, d in needed.items() if k not in trans.inputs)
+    if missing:  # constant along a variable it does not read: broadcast it
+        shape = tuple(d.size for d in missing.values())
+        trans = trans + funsor.Tensor(jnp.zeros(shape, trans.data.dtype), missing)
+    if any(domains[v] is None for v in prevs + currs):  # a pair no factor reads: drop it
+        keep = [i for i, p in enumerate(prevs) if domains[p] is not None]
+        prevs, currs = [prevs[i] for i in keep], [currs[i] for i in keep]
+    batch = [k for k in trans.inputs if k not in (time.name, *prevs, *currs)]
+    data = trans.align((time.name, *batch, *prevs, *currs)).data
+    num_steps = data.shape[0]
+    batch_shape = data.shape[1 : 1 + len(batch)]
+    sizes = tuple(trans.inputs[p].size for p in prevs)
+    size = int(np.prod(sizes))
+    mats = data.reshape((num_steps, *batch_shape, size, size))
+    product, _ = jax.lax.scan(lambda acc, m: (_log_matmul(acc, m), None), mats[0], mats[1:])
+    product = product.reshape(batch_shape + sizes + sizes)
+    inputs = OrderedDict((k, trans.inputs[k]) for k in (*batch, *prevs, *currs))
+    return funsor.Tensor(product, inputs)
+
+
+def markov_factors(time_factors, time_init, time_markov, sum_vars, prod_vars, history):
+    """NumPyro's ``compute_markov_factors`` (log semiring), with first-order chains'
+    time axes contracted by :func:`scan_sum_product`."""
+    if history > 1:
+        return compute_markov_factors(
+            time_factors,
+            time_init,
+            time_markov,
+            sum_vars,
+            prod_vars,
+            history,
+            funsor.ops.logaddexp,
+            funsor.ops.add,
+        )
+    factors = []
+    for time_var, log_factors in time_factors.items():
+        eliminate = (sum_vars | prod_vars) - time_markov[time_var]
+        with funsor.interpretations.lazy:
+            lazy = funsor.sum_product.sum_product(
+                funsor.ops.logaddexp,
+                funsor.ops.add,
+                log_factors,
+                eliminate=eliminate,
+                plates=prod_vars,
+            )
+        trans = funsor.optimizer.apply_optimizer(lazy)
+        step = {k: _shift_name(k, -_get_shift(k)) for k in time_init[time_var]}
+        factors.append(scan_sum_product(trans, time_var, step))
+    return factors
