@@ -67,6 +67,26 @@ def hmm_forward_loss(params, y):
     return -jax.nn.logsumexp(alpha)
 
 
+def _log_matmul(a, b):
+    """log(exp(a) @ exp(b)) over the last two dims, stabilised by maxima (as funsor)."""
+    am = jnp.max(a, axis=-1, keepdims=True)
+    bm = jnp.max(b, axis=-2, keepdims=True)
+    return jnp.log(jnp.exp(a - am) @ jnp.exp(b - bm)) + am + bm
+
+
+def hmm_tree_loss(params, y):
+    """Diagnostic: the same likelihood contracted as a log-depth tree of S x S log-matmuls
+    (funsor's ``sequential_sum_product``, which NumPyro uses for ``scan``): O(T S^3) work."""
+    emit = dist.Normal(params["locs"], params["scale"]).log_prob(y[:, None])  # (T, S)
+    mats = jnp.log(params["trans"])[None] + emit[1:, None, :]  # (T-1, S, S)
+    while mats.shape[0] > 1:
+        n = mats.shape[0] // 2 * 2
+        paired = _log_matmul(mats[0:n:2], mats[1:n:2])
+        mats = jnp.concatenate([paired, mats[n:]]) if n < mats.shape[0] else paired
+    alpha0 = jnp.log(params["init"]) + emit[0]
+    return -jax.nn.logsumexp(alpha0[:, None] + mats[0])
+
+
 def hmm_problem(S, T, seed=0):
     """(params, y): data simulated from an HMM; params a perturbed version of the truth."""
     k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
