@@ -2,7 +2,7 @@
 
 Run ``python -m benchmarks.enum`` (writes ``benchmarks/ENUM_RESULTS.md`` and
 ``benchmarks/enum_results.json``) or ``--quick`` (smallest sizes, few repeats; prints only,
-``--out DIR`` to write files).
+``--out DIR`` to write files); ``--render`` rewrites the tables from the stored JSON.
 
 1. HMM gradient: jitted gradient of the loss w.r.t. the params, ppl ``elbo()`` on the
    ``scan`` model vs ``TraceEnum_ELBO`` (``markov`` form: it gets ``scan`` wrong) vs a
@@ -260,15 +260,21 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="smallest sizes, few repeats")
     parser.add_argument("--out", default=None, help="output directory")
     parser.add_argument("--only", nargs="*", choices=["hmm", "mixture", "chain"])
+    parser.add_argument("--render", action="store_true", help="re-render from the stored JSON")
     args = parser.parse_args(argv)
+    if args.render:
+        results = json.loads((HERE / "enum_results.json").read_text())
+        (HERE / "ENUM_RESULTS.md").write_text(render(results))
+        return results
     results = run(Config.make(args.quick), args.only)
-    md = render(results)
-    print(md)
     out = args.out if args.out is not None else (None if args.quick else str(HERE))
-    if out is not None:
+    if out is not None:  # the JSON first: the tables can be re-rendered from it (--render)
         outdir = Path(out)
         outdir.mkdir(parents=True, exist_ok=True)
         (outdir / "enum_results.json").write_text(json.dumps(results, indent=1) + "\n")
+    md = render(results)
+    print(md)
+    if out is not None:
         (outdir / "ENUM_RESULTS.md").write_text(md)
         print(f"wrote {outdir / 'ENUM_RESULTS.md'}")
     return results

@@ -208,8 +208,8 @@ per-element enumeration; `"reinforce"`: score function, Rao-Blackwellized), so t
 params follow a coordinate-ascent-like path that must wait for q(z) to learn.""",
     "chain": """A chain of K binary sites z_k | z_(k-1) in the model and in the guide
 (q(z_k | z_(k-1)) = Bernoulli(logits = phi_k + psi_k z_(k-1))), all guide sites
-enumerated: ppl `infer={"grad": "enum"}` with `elbo()` vs `TraceEnum_ELBO` with
-`infer={"enumerate": "parallel"}` on the same guide sites.
+enumerated: ppl `infer={{"grad": "enum"}}` with `elbo()` vs `TraceEnum_ELBO` with
+`infer={{"enumerate": "parallel"}}` on the same guide sites.
 
 Why ppl is slower per call from K = 8 on: ppl's `enum` on K non-plate sites is *joint*
 enumeration (`ppl/core/expectation.py`, `_estimate`): the whole program (guide and model)
