@@ -621,7 +621,10 @@ OTHER_RESULTS = "\n".join(
         "hyperpriors `DT_GP_RESULTS.md` (`python -m benchmarks.dt_gp`), tracking vs a "
         "particle filter `DT_TRACKING_RESULTS.md` (`python -m benchmarks.dt_tracking`);",
         "- sharding (scaling on simulated devices, collectives, one-device overhead): "
-        "`SHARDING_RESULTS.md` (`python -m benchmarks.sharding`).",
+        "`SHARDING_RESULTS.md` (`python -m benchmarks.sharding`);",
+        "- enumeration (HMM gradient vs `TraceEnum_ELBO` and a hand-written forward "
+        "algorithm, mixture time to an exact target, guide-side enumeration): "
+        "`ENUM_RESULTS.md` (`python -m benchmarks.enum`).",
     ]
 )
 
