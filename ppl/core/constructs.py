@@ -148,6 +148,12 @@ class _fill_enumerated(Messenger):
         )
 
 
+def _has_key() -> bool:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Cannot generate JAX PRNG key")
+        return numpyro.prng_key() is not None
+
+
 class _fix_params(Messenger):
     def postprocess_message(self, msg):
         if msg["type"] == "param":
@@ -199,6 +205,8 @@ def density(model: Callable, values: dict, *args, fix_params: bool = False, **kw
     fn = substitute(model, data=values)
     if fix_params:
         fn = _fix_params(fn)
+    if not _has_key():  # scan's body draws its sites' placeholders with a key: any key
+        fn = seed(fn, rng_seed=0)  # (no value is random: sites without one are refused)
     filled = _fill_enumerated(fn, values, "ppl.density")
     with block(hide_fn=lambda msg: msg["type"] == "sample"):
         tr = trace(filled).get_trace(*args, **kwargs)

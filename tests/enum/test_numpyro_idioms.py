@@ -80,3 +80,19 @@ def test_gmm_tutorial_trains_the_same_and_decodes():
     assert draws.shape == (3, len(DATA))
     # the posterior of each assignment is near-certain here: every draw is the MAP
     np.testing.assert_array_equal(np.asarray(draws), np.broadcast_to(best, draws.shape))
+
+
+def test_density_of_a_scan_hmm_needs_no_seed():
+    """``ppl.density`` called directly (no seed handler) on a ``scan`` HMM: scan's body
+    draws placeholders with a key, which density supplies; the value is the ``markov``
+    model's (an independent elimination path). Before: an AssertionError from
+    ``Categorical.sample`` (no key)."""
+    from models.enum_zoo import _series, hmm_markov, hmm_scan
+
+    values = {
+        "trans": jnp.array([[0.7, 0.2, 0.1], [0.3, 0.4, 0.3], [0.1, 0.1, 0.8]]),
+        "locs": jnp.array([-1.0, 0.5, 2.0]),
+    }
+    y = _series(5)
+    scan_value = ppl.density(hmm_scan, values, y)
+    np.testing.assert_allclose(scan_value, ppl.density(hmm_markov, values, y), rtol=1e-5)
