@@ -23,8 +23,12 @@ from numpyro.contrib.funsor.infer_util import _get_shift, _shift_name, compute_m
 
 
 def _log_matmul(a, b):
-    """(…, P, K) ⊗ (…, K, C) in log space, as a matrix product of exp(a − row max) and
-    exp(b − column max): 2 exps per entry instead of one per (p, k, c) triple."""
+    """(…, P, K) ⊗ (…, K, C) in log space. Small matrices (K ≤ 8): logsumexp over the
+    broadcast sum; larger: a matrix product of exp(a − row max) and exp(b − column max),
+    2 exps per entry instead of one per (p, k, c) triple (measured on a 2-core CPU, HMM
+    gradient at T = 1000: S = 16 54 → 13 ms; S = 4 1.8 ms broadcast vs 5–6 ms matmul)."""
+    if a.shape[-1] <= 8:
+        return jax.nn.logsumexp(a[..., :, :, None] + b[..., None, :, :], axis=-2)
     a_max = jax.lax.stop_gradient(jnp.max(a, axis=-1, keepdims=True))
     b_max = jax.lax.stop_gradient(jnp.max(b, axis=-2, keepdims=True))
     a_max = jnp.where(jnp.isfinite(a_max), a_max, 0.0)
