@@ -139,7 +139,9 @@ def test_examples_run(unit, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     if unit in EIGHT_DEVICES:
         env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
-        env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+        # the suite's XLA flags (fast compilation, tests/conftest.py) plus 8 host devices
+        flags = os.environ.get("XLA_FLAGS", "")
+        env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=8".strip()
         proc = subprocess.run(
             [sys.executable, str(Path(__file__).resolve()), unit],
             env=env,

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpyro
 from jax import random
 from numpyro.handlers import block, seed, substitute, trace
-from numpyro.primitives import Messenger
+from numpyro.primitives import _PYRO_STACK, Messenger
 
 from ..sharding import _particle_placement
 from .arguments import count
@@ -149,9 +149,9 @@ class _fill_enumerated(Messenger):
 
 
 def _has_key() -> bool:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Cannot generate JAX PRNG key")
-        return numpyro.prng_key() is not None
+    """A seed handler is active (checked without drawing: numpyro.prng_key() would split
+    the handler's key and shift every later draw of the run)."""
+    return any(isinstance(h, seed) for h in _PYRO_STACK)
 
 
 class _fix_params(Messenger):

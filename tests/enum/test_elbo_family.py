@@ -121,7 +121,6 @@ FAST = {
     "nested_dependent",
     "two_plates",
     "hmm_scan_short",
-    "hmm2_markov_short",
     "scaled",
 }
 CASES = [c if c.name in FAST else pytest.param(c, marks=pytest.mark.slow) for c in ZOO]
@@ -162,6 +161,7 @@ def test_elbo_equals_trace_enum_and_reference(case):
         assert np.all(np.isfinite(np.asarray(value)))
 
 
+@pytest.mark.slow  # a finding about NumPyro, not a check of ppl
 def test_trace_enum_scan_differs():
     """NumPyro's TraceEnum_ELBO treats scan's time axis like a plate and gets a different
     number from the forward algorithm (ppl agrees with the forward algorithm, above, and
