@@ -28,7 +28,7 @@ KEY = jax.random.key(0)
 SETTINGS = dict(deadline=None, database=None, suppress_health_check=list(HealthCheck))
 
 
-@settings(max_examples=4, derandomize=True, **SETTINGS)
+@settings(max_examples=2, derandomize=True, **SETTINGS)
 @given(kernel_cases(max_sites=3, max_leaves=3))
 def test_random_compositions_are_invariant(case):
     note(case.source())
