@@ -131,6 +131,13 @@ def test_enum_gibbs_mixed_model():
     np.testing.assert_allclose(idata.log_likelihood["y"].values, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_enum_gibbs_with_nuts_inside():
+    """NumPyro's DiscreteHMCGibbs(NUTS(model)) idiom: EnumGibbs with ppl's NUTS inner."""
+    m = run_mcmc(mcmc.EnumGibbs(mixed, inner=mcmc.NUTS()), Y_MIX)
+    assert_mixed_posterior(m.get_samples(group_by_chain=True))
+
+
 def discrete(weights):
     a = numpyro.sample("a", dist.Categorical(probs=jnp.array([0.2, 0.3, 0.5])))
     b = numpyro.sample("b", dist.Bernoulli(0.3))
