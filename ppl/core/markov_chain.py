@@ -14,6 +14,7 @@ size does not depend on T. Higher-order chains keep NumPyro's ``sarkka_bilmes_pr
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import NamedTuple
 
 import funsor
 import jax
@@ -71,9 +72,58 @@ def scan_sum_product(trans: funsor.Funsor, time: funsor.Variable, step: dict) ->
     return funsor.Tensor(product, inputs)
 
 
+class Chain(NamedTuple):
+    """A first-order chain not yet contracted: ``trans`` over (time, prev, curr, ...)."""
+
+    trans: funsor.Funsor
+    time: funsor.Variable
+    step: dict  # previous-step variable -> current-step variable
+
+    @property
+    def inputs(self):
+        return self.trans.inputs
+
+    def product(self) -> funsor.Funsor:
+        """The chain's transition product over time (a funsor over prev, curr, batch)."""
+        return scan_sum_product(self.trans, self.time, self.step)
+
+    def forward(self, alpha: funsor.Funsor):
+        """log Σ alpha(prev) Π_t T_t, carrying a vector (O(T S²), the forward algorithm),
+        or None where ``trans`` has inputs besides time, prev and curr, or ``alpha``
+        besides prev (then contract :meth:`product` instead)."""
+        prevs = sorted(self.step)
+        currs = [self.step[p] for p in prevs]
+        trans = self.trans
+        if not isinstance(trans, funsor.Tensor) or not isinstance(alpha, funsor.Tensor):
+            return None
+        if set(trans.inputs) != {self.time.name, *prevs, *currs}:
+            return None
+        if not set(alpha.inputs) <= set(prevs):
+            return None
+        sizes = tuple(trans.inputs[p].size for p in prevs)
+        size = int(np.prod(sizes))
+        missing = OrderedDict((p, trans.inputs[p]) for p in prevs if p not in alpha.inputs)
+        if missing:
+            alpha = alpha + funsor.Tensor(jnp.zeros(sizes_of(missing), trans.data.dtype), missing)
+        v = alpha.align(tuple(prevs)).data.reshape(size)
+        mats = trans.align((self.time.name, *prevs, *currs)).data
+        mats = mats.reshape((mats.shape[0], size, size))
+
+        def step(v, m):
+            return jax.nn.logsumexp(v[:, None] + m, axis=0), None
+
+        v, _ = jax.lax.scan(step, v, mats)
+        return jax.nn.logsumexp(v)
+
+
+def sizes_of(inputs) -> tuple:
+    return tuple(d.size for d in inputs.values())
+
+
 def markov_factors(time_factors, time_init, time_markov, sum_vars, prod_vars, history):
-    """NumPyro's ``compute_markov_factors`` (log semiring), with first-order chains'
-    time axes contracted by :func:`scan_sum_product`."""
+    """NumPyro's ``compute_markov_factors`` (log semiring); first-order chains come back
+    as :class:`Chain` (contracted later: by :meth:`Chain.forward` where the rest of
+    their group reduces to a vector over the first step, else :meth:`Chain.product`)."""
     if history > 1:
         return compute_markov_factors(
             time_factors,
@@ -98,5 +148,5 @@ def markov_factors(time_factors, time_init, time_markov, sum_vars, prod_vars, hi
             )
         trans = funsor.optimizer.apply_optimizer(lazy)
         step = {k: _shift_name(k, -_get_shift(k)) for k in time_init[time_var]}
-        factors.append(scan_sum_product(trans, time_var, step))
+        factors.append(Chain(trans, time_var, step))
     return factors

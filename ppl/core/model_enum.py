@@ -34,7 +34,7 @@ from numpyro.handlers import block
 from numpyro.primitives import Messenger
 
 from .distributions import base_distribution, site_log_density
-from .markov_chain import markov_factors
+from .markov_chain import Chain, markov_factors
 
 funsor.set_backend("jax")
 
@@ -208,12 +208,64 @@ def collapsed_terms(fn, args, kwargs, nesting: int) -> list[CollapsedTerm]:
                 CollapsedTerm(site["name"], None, tuple(site.get("cond_indep_stack") or ()), site)
             )
             continue
-        terms.append(
-            _contract(
-                tr, [factors[i][0] for i in members], names, group_enum, plate_dims, frames_by_name
-            )
-        )
+        group = [factors[i][0] for i in members]
+        if any(isinstance(f, Chain) for f in group):
+            term = _forward(tr, group, names, group_enum, plate_dims)
+            if term is not None:
+                terms.append(term)
+                continue
+            group = [f.product() if isinstance(f, Chain) else f for f in group]
+        terms.append(_contract(tr, group, names, group_enum, plate_dims, frames_by_name))
     return terms
+
+
+def _forward(tr, group, names, group_enum, plate_dims) -> CollapsedTerm | None:
+    """A group of one chain and factors over its first step only, outside plates: the
+    forward algorithm (:meth:`Chain.forward`); None where the group is not of that form."""
+    chains = [f for f in group if isinstance(f, Chain)]
+    others = [f for f in group if not isinstance(f, Chain)]
+    if len(chains) != 1:
+        return None
+    (chain,) = chains
+    inputs = frozenset().union(*(f.inputs for f in group))
+    if inputs & frozenset(plate_dims):
+        return None
+    currs = set(chain.step.values())
+    if any(set(f.inputs) & currs for f in others):
+        return None
+    if others:
+        other_inputs = frozenset().union(*(f.inputs for f in others))
+        with funsor.interpretations.lazy:
+            alpha = funsor.sum_product.sum_product(
+                funsor.ops.logaddexp,
+                funsor.ops.add,
+                others,
+                eliminate=other_inputs - frozenset(chain.step),
+                plates=frozenset(),
+            )
+        alpha = funsor.optimizer.apply_optimizer(alpha)
+    else:
+        alpha = funsor.Tensor(jnp.zeros((), chain.trans.data.dtype))
+    lp = chain.forward(alpha)
+    if lp is None:
+        return None
+    scale = _common_scale(tr, names, group_enum)
+    label = f"enum({','.join(sorted(group_enum))})"
+    return CollapsedTerm(label, lp if scale == 1.0 else scale * lp, (), None)
+
+
+def _common_scale(tr, names, group_enum) -> float:
+    scales = {_scale_of(tr[n]) for n in names}
+    if len(scales) != 1:
+        detail = ", ".join(f"'{n}': {_scale_of(tr[n]):g}" for n in sorted(set(names)))
+        raise EnumerationError(
+            f"enumerated sites {sorted(group_enum)} and the sites they touch have different "
+            f"scales ({detail}): log sum_z of a scaled joint is not the scaled log marginal. "
+            "This happens when a global enumerated site has children in a subsampled plate "
+            "or under handlers.scale; sample that site in the guide instead"
+        )
+    (scale,) = scales
+    return scale
 
 
 def _contract(tr, group, names, group_enum, plate_dims, frames_by_name) -> CollapsedTerm:
@@ -244,16 +296,7 @@ def _contract(tr, group, names, group_enum, plate_dims, frames_by_name) -> Colla
             f"sites {sorted(set(names))}: summing out {sorted(group_enum)} left the "
             f"variables {sorted(left)}; this structure cannot be eliminated exactly"
         )
-    scales = {_scale_of(tr[n]) for n in names}
-    if len(scales) != 1:
-        detail = ", ".join(f"'{n}': {_scale_of(tr[n]):g}" for n in sorted(set(names)))
-        raise EnumerationError(
-            f"enumerated sites {sorted(group_enum)} and the sites they touch have different "
-            f"scales ({detail}): log sum_z of a scaled joint is not the scaled log marginal. "
-            "This happens when a global enumerated site has children in a subsampled plate "
-            "or under handlers.scale; sample that site in the guide instead"
-        )
-    (scale,) = scales
+    scale = _common_scale(tr, names, group_enum)
     kept = sorted(outermost, key=lambda p: plate_dims[p])
     lp = to_data(cost, name_to_dim=OrderedDict((p, plate_dims[p]) for p in kept))
     lp = jnp.asarray(lp)
