@@ -8,7 +8,10 @@ log space by one ``lax.scan`` over time,
     M = T_0 ⊗ T_1 ⊗ … ⊗ T_{n-1},   (A ⊗ B)[p, c] = log Σ_k exp(A[p, k] + B[k, c]),
 
 the same funsor as ``sequential_sum_product(logaddexp, add, ...)``, from a program whose
-size does not depend on T. Higher-order chains keep NumPyro's ``sarkka_bilmes_product``.
+size does not depend on T; where the chain's group reduces to a vector α over its first
+step, ``Chain.forward`` carries that vector instead (the forward algorithm,
+log Σ α T_0 … T_{n-1}, O(T S²)). Higher-order chains keep NumPyro's
+``sarkka_bilmes_product``.
 """
 
 from __future__ import annotations

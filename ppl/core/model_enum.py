@@ -13,9 +13,10 @@ enumerated variables and over every plate not shared by all of its factors, and 
 per element of the plates all its factors share, so that Rao-Blackwellization and the
 per-element plate corrections of ``ppl.expectation`` see it as one term per plate element
 (whose provenance is every value its factors read). A ``markov`` chain costs
-O(T S^(order+1)); a first-order ``scan`` chain's time axis is a product of T transition
-matrices, O(T S^3), contracted by one ``lax.scan`` (:mod:`ppl.core.markov_chain`), so its
-program does not grow with T.
+O(T S^(order+1)); a first-order ``scan`` chain is contracted by one ``lax.scan``
+(:mod:`ppl.core.markov_chain`), so its program does not grow with T: the forward
+algorithm, O(T S^2), where the rest of its group reduces to a vector over its first
+step, else the product of its T transition matrices, O(T S^3).
 """
 
 from __future__ import annotations
