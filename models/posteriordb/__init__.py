@@ -2,12 +2,16 @@
 
 ``load(name) -> (data, reference)``: the posteriordb data file (unchanged) and the
 reference summary ``{param: {mean, sd, n, mcse_mean}}`` with Stan's 1-based indices.
+``eight_schools_noncentered(y, sigma)`` is that posterior's Stan model in NumPyro.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import numpyro
+import numpyro.distributions as dist
 
 HERE = Path(__file__).parent
 NAMES = ("eight_schools-eight_schools_noncentered", "low_dim_gauss_mix-low_dim_gauss_mix")
@@ -20,3 +24,12 @@ def load(name: str) -> tuple[dict, dict]:
     data = json.loads((HERE / f"{name}.data.json").read_text())
     reference = json.loads((HERE / f"{name}.reference.json").read_text())
     return data, reference
+
+
+def eight_schools_noncentered(y, sigma):
+    """posteriordb's ``eight_schools_noncentered``: theta = mu + tau * theta_trans."""
+    theta_trans = numpyro.sample("theta_trans", dist.Normal(0.0, 1.0).expand([8]))
+    mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
+    tau = numpyro.sample("tau", dist.HalfCauchy(5.0))
+    theta = numpyro.deterministic("theta", mu + tau * theta_trans)
+    numpyro.sample("y", dist.Normal(theta, sigma), obs=y)

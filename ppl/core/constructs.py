@@ -211,6 +211,9 @@ def density(model: Callable, values: dict, *args, fix_params: bool = False, **kw
     with block(hide_fn=lambda msg: msg["type"] == "sample"):
         tr = trace(filled).get_trace(*args, **kwargs)
     check_observed(tr, "ppl.density")
+    for name, site in tr.items():
+        if site["type"] == "sample":
+            refuse_strategy_on_observed(name, site, "ppl.density")
     if guide_trace is not None:
         marked = {n for n, s in tr.items() if s["type"] == "sample" and is_marked(s)}
         check_model_guide(tr, guide_trace, values, marked)
@@ -228,7 +231,6 @@ def density(model: Callable, values: dict, *args, fix_params: bool = False, **kw
         if term.site is not None:
             name, site = term.name, term.site
             _check_shape(name, site)
-            refuse_strategy_on_observed(name, site, "ppl.density")
             if guide_trace is not None and not site["is_observed"] and name in guide_trace:
                 _check_support(name, site, guide_trace[name])
             if lp is None:

@@ -440,8 +440,10 @@ def additive_by_construction(fn: Callable) -> Callable:
     return fn
 
 
-def is_additive_by_construction(fn: Callable) -> bool:
-    return getattr(fn, "__ppl_additive__", False) is True
+def refuse_unverified_additive(fn: Callable, additive: bool, who: str) -> None:
+    """``additive=True`` is a ``ValueError`` unless ``fn`` is additive by construction."""
+    if additive and getattr(fn, "__ppl_additive__", False) is not True:
+        raise ValueError(f"{who}: {ADDITIVE_REFUSED}")
 
 
 def expectation(
@@ -472,8 +474,7 @@ def expectation(
         E = ppl.expectation(f)
         value, grad = E.value_and_grad(jax.random.PRNGKey(0), 0.4)
     """
-    if additive and not is_additive_by_construction(fn):
-        raise ValueError(f"ppl.expectation: {ADDITIVE_REFUSED}")
+    refuse_unverified_additive(fn, additive, "ppl.expectation")
     return Expectation(
         fn,
         additive=bool(additive),

@@ -26,6 +26,15 @@ import numpy as np
 from numpyro.contrib.funsor.infer_util import _get_shift, _shift_name, compute_markov_factors
 
 
+def _with_inputs(f: funsor.Tensor, needed: OrderedDict) -> funsor.Tensor:
+    """``f`` broadcast to every input of ``needed`` it lacks (constant along them)."""
+    missing = OrderedDict((k, d) for k, d in needed.items() if k not in f.inputs)
+    if not missing:
+        return f
+    shape = tuple(d.size for d in missing.values())
+    return f + funsor.Tensor(jnp.zeros(shape, f.data.dtype), missing)
+
+
 def _log_matmul(a, b):
     """(…, P, K) ⊗ (…, K, C) in log space. Small matrices (K ≤ 8): logsumexp over the
     broadcast sum; larger: a matrix product of exp(a − row max) and exp(b − column max),
@@ -55,10 +64,7 @@ def scan_sum_product(trans: funsor.Funsor, time: funsor.Variable, step: dict) ->
         domains[p] = domains[c] = trans.inputs.get(p, trans.inputs.get(c))
     needed = OrderedDict([(time.name, time.output)])
     needed.update((v, domains[v]) for v in prevs + currs if domains[v] is not None)
-    missing = OrderedDict((k, d) for k, d in needed.items() if k not in trans.inputs)
-    if missing:  # constant along a variable it does not read: broadcast it
-        shape = tuple(d.size for d in missing.values())
-        trans = trans + funsor.Tensor(jnp.zeros(shape, trans.data.dtype), missing)
+    trans = _with_inputs(trans, needed)  # constant along a variable it does not read
     if any(domains[v] is None for v in prevs + currs):  # a pair no factor reads: drop it
         keep = [i for i, p in enumerate(prevs) if domains[p] is not None]
         prevs, currs = [prevs[i] for i in keep], [currs[i] for i in keep]
@@ -105,9 +111,7 @@ class Chain(NamedTuple):
             return None
         sizes = tuple(trans.inputs[p].size for p in prevs)
         size = int(np.prod(sizes))
-        missing = OrderedDict((p, trans.inputs[p]) for p in prevs if p not in alpha.inputs)
-        if missing:
-            alpha = alpha + funsor.Tensor(jnp.zeros(sizes_of(missing), trans.data.dtype), missing)
+        alpha = _with_inputs(alpha, OrderedDict((p, trans.inputs[p]) for p in prevs))
         v = alpha.align(tuple(prevs)).data.reshape(size)
         mats = trans.align((self.time.name, *prevs, *currs)).data
         mats = mats.reshape((mats.shape[0], size, size))
@@ -117,10 +121,6 @@ class Chain(NamedTuple):
 
         v, _ = jax.lax.scan(step, v, mats)
         return jax.nn.logsumexp(v)
-
-
-def sizes_of(inputs) -> tuple:
-    return tuple(d.size for d in inputs.values())
 
 
 def markov_factors(time_factors, time_init, time_markov, sum_vars, prod_vars, history):

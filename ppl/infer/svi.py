@@ -11,7 +11,7 @@ from numpyro.handlers import substitute, trace
 
 from ..core.arguments import check_key, count, named_plate_errors
 from ..core.data_check import check_observed
-from ..core.expectation import ADDITIVE_REFUSED, Expectation, is_additive_by_construction
+from ..core.expectation import Expectation, refuse_unverified_additive
 
 
 class Objective:
@@ -38,8 +38,7 @@ class Objective:
     ):
         if not callable(program):
             raise TypeError(f"ppl.Objective needs a callable program, got {type(program).__name__}")
-        if additive and not is_additive_by_construction(program):
-            raise ValueError(f"ppl.Objective: {ADDITIVE_REFUSED}")
+        refuse_unverified_additive(program, additive, "ppl.Objective")
         self.name = name or getattr(program, "__name__", "objective")
         self.num_estimates = count(num_estimates, "num_estimates", f"objective {self.name!r}")
         self.program = program

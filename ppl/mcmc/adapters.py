@@ -378,7 +378,18 @@ class MALA(ModelKernel):
         return lambda eps, imm, z_info, key: 0.5 * find(jnp.sqrt(2 * eps), imm, z_info, key) ** 2
 
 
-class HMC(ModelKernel):
+class _LeapfrogKernel(ModelKernel):
+    """Kernels that integrate Hamilton's equations by leapfrog (HMC, NUTS): a diagonal
+    mass matrix, adapted by default, and NumPyro's leapfrog step-size search."""
+
+    supports_mass_matrix = True
+    adapts_mass_matrix = True
+
+    def find_step_size(self, logdensity_fn):
+        return _leapfrog_step_size(logdensity_fn)
+
+
+class HMC(_LeapfrogKernel):
     """HMC with ``num_steps`` leapfrog steps on a NumPyro model (``adjusted=False``: no
     MH test); step size tuned during warm-up to ``target_accept_prob`` (default 0.8) and,
     with ``adapt_mass_matrix=True`` (the default), a diagonal inverse mass matrix
@@ -393,9 +404,6 @@ class HMC(ModelKernel):
         mcmc = MCMC(ppl.mcmc.HMC(model, num_steps=10), num_warmup=500, num_samples=1000,
                     num_chains=2, chain_method="vectorized")
     """
-
-    supports_mass_matrix = True
-    adapts_mass_matrix = True
 
     def __init__(
         self,
@@ -435,11 +443,8 @@ class HMC(ModelKernel):
             step_size_jitter=self._jitter,
         )
 
-    def find_step_size(self, logdensity_fn):
-        return _leapfrog_step_size(logdensity_fn)
 
-
-class NUTS(ModelKernel):
+class NUTS(_LeapfrogKernel):
     """The No-U-Turn Sampler on a NumPyro model (BlackJAX's NUTS, see
     :func:`ppl.mcmc.nuts`): path length chosen per step, step size tuned during warm-up
     to ``target_accept_prob`` (default 0.8) and a diagonal inverse mass matrix estimated
@@ -450,9 +455,6 @@ class NUTS(ModelKernel):
         mcmc = MCMC(ppl.mcmc.NUTS(model), num_warmup=500, num_samples=1000,
                     num_chains=4, chain_method="vectorized")
     """
-
-    supports_mass_matrix = True
-    adapts_mass_matrix = True
 
     def __init__(
         self,
@@ -480,6 +482,3 @@ class NUTS(ModelKernel):
 
     def build(self, logdensity_fn, step_size, inverse_mass_matrix=1.0):
         return nuts(logdensity_fn, step_size, inverse_mass_matrix, self._max_num_doublings)
-
-    def find_step_size(self, logdensity_fn):
-        return _leapfrog_step_size(logdensity_fn)

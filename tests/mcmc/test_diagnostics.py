@@ -23,11 +23,7 @@ def funnel():
     numpyro.sample("x", dist.Normal(0.0, jnp.exp(v / 2)).expand([9]))
 
 
-def eight_schools(y, sigma):
-    theta_trans = numpyro.sample("theta_trans", dist.Normal(0.0, 1.0).expand([8]))
-    mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
-    tau = numpyro.sample("tau", dist.HalfCauchy(5.0))
-    numpyro.sample("y", dist.Normal(mu + tau * theta_trans, sigma), obs=y)
+eight_schools = posteriordb.eight_schools_noncentered
 
 
 def normal():

@@ -9,23 +9,9 @@ import pytest
 from ppl import mcmc
 from ppl.validate import check_geweke
 from tests.mcmc.broken_kernels import ula
+from tests.mcmc.linear_regression import linear_regression
 
-X = jnp.linspace(-1.0, 1.0, 5)
-
-
-def logjoint(theta, y, noise=1.0):
-    mean = theta[0] + theta[1] * X
-    return -0.5 * jnp.sum(theta**2) - 0.5 * jnp.sum(((y - mean) / noise) ** 2)
-
-
-def sample_data(key, theta):
-    return theta[0] + theta[1] * X + jax.random.normal(key, X.shape)
-
-
-def sample_joint(key, n):
-    k1, k2 = jax.random.split(key)
-    theta = jax.random.normal(k1, (n, 2))
-    return theta, jax.vmap(sample_data)(jax.random.split(k2, n), theta)
+X, logjoint, sample_data, sample_joint = linear_regression(jnp.linspace(-1.0, 1.0, 5))
 
 
 def test_geweke_passes_for_mala():

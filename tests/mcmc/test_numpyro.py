@@ -162,12 +162,7 @@ def test_enum_gibbs_discrete_model():
 
 
 # --- eight schools (non-centered) against posteriordb ------------------------------------
-def eight_schools(y, sigma):
-    theta_trans = numpyro.sample("theta_trans", dist.Normal(0.0, 1.0).expand([8]))
-    mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
-    tau = numpyro.sample("tau", dist.HalfCauchy(5.0))
-    theta = numpyro.deterministic("theta", mu + tau * theta_trans)
-    numpyro.sample("y", dist.Normal(theta, sigma), obs=y)
+eight_schools = posteriordb.eight_schools_noncentered
 
 
 @pytest.mark.parametrize(

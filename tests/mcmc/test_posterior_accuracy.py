@@ -66,12 +66,7 @@ def assert_close(rows):
 
 
 # --- eight schools (non-centered) ------------------------------------------------------
-def eight_schools(y, sigma):
-    theta_trans = numpyro.sample("theta_trans", dist.Normal(0.0, 1.0).expand([8]))
-    mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
-    tau = numpyro.sample("tau", dist.HalfCauchy(5.0))
-    numpyro.deterministic("theta", mu + tau * theta_trans)
-    numpyro.sample("y", dist.Normal(mu + tau * theta_trans, sigma), obs=y)
+eight_schools = posteriordb.eight_schools_noncentered
 
 
 def test_eight_schools_mala():

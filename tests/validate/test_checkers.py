@@ -31,6 +31,7 @@ from ppl.validate import (
     estimator_stats,
     transition_matrix,
 )
+from tests.mcmc.linear_regression import linear_regression
 
 KEY = jax.random.key(0)
 FUZZ_KEY = jax.random.PRNGKey(0)  # the fuzzer compiles for raw uint32 keys
@@ -225,21 +226,7 @@ def test_binned_invariance_fails_on_garbage(kernel, message):
 
 
 # --- Geweke and SBC on a Normal–Normal model -------------------------------------------
-X = jnp.linspace(-1.0, 1.0, 3)
-
-
-def logjoint(theta, y):
-    return -0.5 * jnp.sum(theta**2) - 0.5 * jnp.sum((y - theta[0] - theta[1] * X) ** 2)
-
-
-def sample_data(key, theta):
-    return theta[0] + theta[1] * X + jax.random.normal(key, X.shape)
-
-
-def sample_joint(key, n):
-    k1, k2 = jax.random.split(key)
-    theta = jax.random.normal(k1, (n, 2))
-    return theta, jax.vmap(sample_data)(jax.random.split(k2, n), theta)
+X, logjoint, sample_data, sample_joint = linear_regression(jnp.linspace(-1.0, 1.0, 3))
 
 
 @pytest.mark.parametrize(
