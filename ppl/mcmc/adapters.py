@@ -7,6 +7,10 @@ inverse mass matrix (Welford variance estimates over Stan's doubling windows, re
 as in Stan) are adapted by NumPyro's own ``hmc_util.warmup_adapter``, the step size
 re-initialized at each window end by ``find_reasonable_step_size``. A batch of keys
 (``chain_method="vectorized"``) vmaps ``init`` and ``sample`` as NumPyro's ``HMC`` does.
+
+A second ``MCMC.run`` (or a ``post_warmup_state`` continuation) with the same model
+arguments compiles nothing of ppl's: the per-chain ``init`` (step-size search included) is
+one ``jax.jit`` cached on the kernel, keyed like NumPyro's own cache (argument identity).
 """
 
 from __future__ import annotations
@@ -27,9 +31,9 @@ from numpyro.infer.hmc_util import (
     warmup_adapter,
 )
 from numpyro.infer.initialization import init_to_uniform
-from numpyro.infer.mcmc import MCMCKernel
+from numpyro.infer.mcmc import MCMCKernel, _hashable
 from numpyro.infer.util import ParamInfo, initialize_model
-from numpyro.util import identity, is_prng_key
+from numpyro.util import _is_under_jax_transform, identity, is_prng_key
 
 from ..core.arguments import count
 from .base import Kernel, summarize
@@ -119,6 +123,7 @@ class ModelKernel(MCMCKernel):
         self._num_warmup = 0
         self._sample_fn = None
         self._model_trace = None
+        self._init_cache = {}
 
     def build(self, logdensity_fn: Callable, step_size) -> Kernel:
         """The pure kernel for ``logdensity_fn`` at ``step_size``."""
@@ -226,6 +231,7 @@ class ModelKernel(MCMCKernel):
         kernel._postprocess_fn = None
         kernel._sample_fn = None
         kernel._model_trace = None
+        kernel._init_cache = {}
         return kernel
 
     def adapt_statistic(self, info) -> jax.Array:
@@ -247,27 +253,47 @@ class ModelKernel(MCMCKernel):
             init_params = init_params.z
         if init_params is None:
             raise ValueError("Valid `init_params` must be provided with `potential_fn`.")
-        logdensity_fn = self._logdensity_fn(model_args, model_kwargs)
-        wa_init, _ = self._adapter(logdensity_fn)
-
-        def init_one(z, key):
-            key, key_adapt = jax.random.split(key)
-            step_size = jnp.asarray(self._step_size, jnp.result_type(float))
-            inv_mass = self._inverse_mass_matrix
-            adapt = AdaptState(
-                *wa_init((z, None, None, None), key_adapt, step_size, inverse_mass_matrix=inv_mass)
-            )
-            if num_warmup > 0:
-                adapt = self._refind_step_size(logdensity_fn, adapt, z)
-            inner = self._build(logdensity_fn, adapt).init(z)
-            zero = jnp.zeros((), jnp.result_type(float))
-            return KernelState(jnp.array(0), inner, adapt, zero, zero, key)
-
         self._sample_fn = self._sample_one
         if vectorized:
             self._sample_fn = jax.vmap(self._sample_one, in_axes=(0, None, None, None))
-            return jax.vmap(init_one)(init_params, rng_key)
-        return init_one(init_params, rng_key)
+        return self._init_fn(num_warmup, vectorized, model_args, model_kwargs)(init_params, rng_key)
+
+    def _init_fn(self, num_warmup, vectorized, model_args, model_kwargs) -> Callable:
+        """``(z, key) -> KernelState`` (vmapped over chains when ``vectorized``), jitted once
+        per (warm-up length, model arguments): arguments are keyed by identity, as NumPyro's
+        ``MCMC`` keys its compiled sampler, so a second run compiles nothing here."""
+        cache_key = (
+            num_warmup,
+            vectorized,
+            jax.tree.map(_hashable, model_args),
+            jax.tree.map(_hashable, tuple(sorted(model_kwargs.items()))),
+        )
+        try:
+            fn = None if _is_under_jax_transform() else self._init_cache.get(cache_key)
+        except TypeError:  # unhashable model arguments: no caching
+            cache_key, fn = None, None
+        if fn is None:
+            init_one = partial(
+                self._init_one, self._logdensity_fn(model_args, model_kwargs), num_warmup
+            )
+            fn = jax.jit(jax.vmap(init_one) if vectorized else init_one)
+            if cache_key is not None and not _is_under_jax_transform():
+                self._init_cache[cache_key] = fn
+        return fn
+
+    def _init_one(self, logdensity_fn, num_warmup, z, key) -> KernelState:
+        wa_init, _ = self._adapter(logdensity_fn)
+        key, key_adapt = jax.random.split(key)
+        step_size = jnp.asarray(self._step_size, jnp.result_type(float))
+        inv_mass = self._inverse_mass_matrix
+        adapt = AdaptState(
+            *wa_init((z, None, None, None), key_adapt, step_size, inverse_mass_matrix=inv_mass)
+        )
+        if num_warmup > 0:
+            adapt = self._refind_step_size(logdensity_fn, adapt, z)
+        inner = self._build(logdensity_fn, adapt).init(z)
+        zero = jnp.zeros((), jnp.result_type(float))
+        return KernelState(jnp.array(0), inner, adapt, zero, zero, key)
 
     def _refind_step_size(self, logdensity_fn, adapt: AdaptState, z) -> AdaptState:
         """Restart dual averaging from ``find_step_size``'s reasonable step size at z."""
