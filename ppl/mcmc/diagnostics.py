@@ -85,13 +85,25 @@ def diagnose(mcmc, rhat_max: float = 1.01, ess_min: float = 100.0, warn: bool = 
         problems.append(f"{divergences} divergent transitions")
     message = ""
     if problems:
-        message = (
-            "MCMC has not mixed: "
-            + "; ".join(problems)
-            + ". Try: more warm-up and draws; ppl.mcmc.NUTS (path length adapted per step) "
-            "instead of fixed-length HMC; a non-centred parameterization "
-            "(numpyro.infer.reparam.LocScaleReparam) for funnel-shaped hierarchies."
-        )
+        message = "MCMC has not mixed: " + "; ".join(problems) + ". Try: " + _hint(mcmc.sampler)
         if warn:
             warnings.warn(message, MixingWarning, stacklevel=2)
     return Diagnostics(sites, divergences, not problems, message)
+
+
+def _hint(sampler) -> str:
+    """What to try, for the kernel that ran: a path-length-adaptive sampler after a
+    fixed-length or local one; otherwise longer warm-up and a better geometry."""
+    from .adapters import HMC, MALA, NUTS, RandomWalk
+
+    tips = ["more warm-up and draws"]
+    if isinstance(sampler, (HMC, MALA, RandomWalk)):
+        kind = "fixed-length HMC" if isinstance(sampler, HMC) else type(sampler).__name__
+        tips.append(f"ppl.mcmc.NUTS (path length adapted per step) instead of {kind}")
+    elif isinstance(sampler, NUTS):
+        tips.append("a higher target_accept_prob (smaller steps) if transitions diverge")
+    tips.append(
+        "a non-centred parameterization (numpyro.infer.reparam.LocScaleReparam) for "
+        "funnel-shaped hierarchies, or standardized predictors for correlated coefficients"
+    )
+    return "; ".join(tips) + "."
