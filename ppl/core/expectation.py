@@ -16,7 +16,9 @@ particle's output) changed. All main runs share one vmap and all replays another
 traced program stays linear in the number of sites.
 
 For an *additive* program (value = sum of ``density`` terms - sum of ``simulate`` log
-probabilities, like the ELBO), a local site whose dependent terms all lie in its plates
+probabilities, like the ELBO) whose other sites are pathwise, the jointly enumerated sites
+are summed out by variable elimination instead, from replays on a few rows
+(:mod:`~ppl.core.factored_enum`); and a local site whose dependent terms all lie in its plates
 (checked by provenance tracking) needs one replay per alternative with every element
 changed at once, read per element: O(N |support|) work instead of O(N^2 |support|).
 """

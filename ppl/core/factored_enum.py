@@ -148,15 +148,18 @@ def _evaluate(expr):
     which XLA:CPU compiles ~2x slower than the whole rest of the program here."""
     if isinstance(expr, funsor.Tensor):
         return expr
-    if isinstance(expr, funsor.cnf.Contraction):
+    ops = funsor.ops
+    if isinstance(expr, funsor.cnf.Contraction) and expr.bin_op is ops.add:
+        if expr.reduced_vars and expr.red_op is not ops.logaddexp:
+            return funsor.interpreter.reinterpret(expr)  # anything else: funsor's own evaluation
         terms = [_evaluate(t) for t in expr.terms]
         out = terms[0]
         for t in terms[1:]:
             out = out + t
         return _logsumexp(out, expr.reduced_vars) if expr.reduced_vars else out
-    if isinstance(expr, funsor.terms.Reduce):
+    if isinstance(expr, funsor.terms.Reduce) and expr.op is ops.logaddexp:
         return _logsumexp(_evaluate(expr.arg), expr.reduced_vars)
-    return funsor.interpreter.reinterpret(expr)
+    return funsor.interpreter.reinterpret(expr)  # anything else: funsor's own evaluation
 
 
 def _logsumexp(f: funsor.Tensor, reduced) -> funsor.Tensor:
