@@ -322,9 +322,9 @@ class Expectation:
         seeded replays on the plan's rows (the other sites are reparameterized)."""
         joint = [s for s in plan.sites if s.kind == "joint_enum"]
 
-        def row(combo):
-            forced = {s.order: combo[j] for j, s in enumerate(joint)}
-            st = RunState("main", forced, _NO_TARGET, plan.sites)
+        def row(indices):
+            combo = {s.order: indices[j] for j, s in enumerate(joint)}  # support indices
+            st = RunState("main", combo, _NO_TARGET, plan.sites)
             self._run(st, key, args, kwargs)
             weights = [st.enum_lp[s.order] for s in joint]
             return [t.lp for t in st.terms], weights, st.state_updates
