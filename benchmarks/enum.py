@@ -2,7 +2,9 @@
 
 Run ``python -m benchmarks.enum`` (writes ``benchmarks/ENUM_RESULTS.md`` and
 ``benchmarks/enum_results.json``) or ``--quick`` (smallest sizes, few repeats; prints only,
-``--out DIR`` to write files); ``--render`` rewrites the tables from the stored JSON.
+``--out DIR`` to write files); ``--render`` rewrites the tables from the stored JSON;
+``--only chain`` (etc.) re-measures those sections and merges them into the stored JSON
+(the run's date and machine, load average included, kept under ``remeasured``).
 
 1. HMM gradient: jitted gradient of the loss w.r.t. the params, ppl ``elbo()`` on the
    ``scan`` model vs ``TraceEnum_ELBO`` (``markov`` form: it gets ``scan`` wrong) vs a
@@ -255,6 +257,20 @@ def run(cfg: Config, only=None) -> dict:
     return _jsonable(results)
 
 
+def merge(stored: dict, partial: dict) -> dict:
+    """``stored`` with the sections measured in ``partial`` replaced, each noted with the
+    date and machine (load average) of the run that measured it."""
+    merged = dict(stored)
+    remeasured = dict(merged.get("remeasured", {}))
+    for name in ("hmm", "mixture", "chain"):
+        if name in partial:
+            merged[name] = partial[name]
+            remeasured[name] = {"date": partial["date"], "machine": partial["machine"]}
+            merged.pop(f"{name}_date", None)
+    merged["remeasured"] = remeasured
+    return merged
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smallest sizes, few repeats")
@@ -271,6 +287,8 @@ def main(argv=None):
     if out is not None:  # the JSON first: the tables can be re-rendered from it (--render)
         outdir = Path(out)
         outdir.mkdir(parents=True, exist_ok=True)
+        if args.only and (outdir / "enum_results.json").exists():
+            results = merge(json.loads((outdir / "enum_results.json").read_text()), results)
         (outdir / "enum_results.json").write_text(json.dumps(results, indent=1) + "\n")
     md = render(results)
     print(md)

@@ -16,7 +16,9 @@ particle's output) changed. All main runs share one vmap and all replays another
 traced program stays linear in the number of sites.
 
 For an *additive* program (value = sum of ``density`` terms - sum of ``simulate`` log
-probabilities, like the ELBO), a local site whose dependent terms all lie in its plates
+probabilities, like the ELBO) whose other sites are pathwise, the jointly enumerated sites
+are summed out by variable elimination instead, from replays on a few rows
+(:mod:`~ppl.core.factored_enum`); and a local site whose dependent terms all lie in its plates
 (checked by provenance tracking) needs one replay per alternative with every element
 changed at once, read per element: O(N |support|) work instead of O(N^2 |support|).
 """
@@ -34,6 +36,7 @@ from jax import lax
 from numpyro.handlers import seed
 
 from .arguments import check_key, named_plate_errors
+from .factored_enum import FactoredPlan, expected_value, plan_rows
 from .runtime import RunState, Target, apply_strategies, box
 
 MAX_JOINT_COMBINATIONS = 1 << 16
@@ -54,6 +57,7 @@ class Plan(NamedTuple):
 
     sites: list
     terms: list  # TermInfo per log-density term (additive programs)
+    factored: FactoredPlan | None = None  # joint-enum sites by variable elimination
 
 
 def _scalar(value, where):
@@ -112,10 +116,44 @@ class Expectation:
         check_key(key, "ppl.expectation")
         state = RunState("discover")
         jax.eval_shape(lambda: self._run(state, key, args, kwargs))
-        sites, terms = state.sites, []
+        sites, terms, factored = state.sites, [], None
         if self.additive:
             terms = self._term_plan(sites, key, args, kwargs)
-        return Plan(sites, terms)
+            factored = self._factored_plan(sites, key, args, kwargs)
+        return Plan(sites, terms, factored)
+
+    def _factored_plan(self, sites, key, args, kwargs):
+        """Additive program whose random choices are joint-enum and reparam sites only: the
+        factors (terms, log q of each joint site) and the sites each reads (provenance),
+        for variable elimination (:mod:`~ppl.core.factored_enum`); None where it does not
+        apply or would not need fewer runs than joint enumeration."""
+        from numpyro.ops.provenance import eval_provenance
+
+        joint = [s for s in sites if s.kind == "joint_enum"]
+        if len(joint) < 2 or self.stick_the_landing:
+            return None
+        if any(s.kind not in ("joint_enum", "reparam") for s in sites):
+            return None
+        position = {s.order: j for j, s in enumerate(joint)}
+        signs = []
+
+        def factors_of(**values):
+            forced = {s.order: values[f"s{s.order}"] for s in joint}
+            state = RunState("provenance", {}, _NO_TARGET, sites, forced=forced)
+            self._run(state, key, args, kwargs)
+            signs[:] = [t.sign for t in state.terms]
+            return [t.lp for t in state.terms], [state.enum_lp[s.order] for s in joint]
+
+        inputs = {f"s{s.order}": jnp.zeros(s.value_shape, s.value_dtype) for s in joint}
+        term_deps, weight_deps = eval_provenance(factors_of, **inputs)
+
+        def read(dep):
+            return {position[int(d[1:])] for d in dep if d.startswith("s")}
+
+        term_sets = [read(dep) for dep in term_deps]
+        weight_sets = [read(dep) | {j} for j, dep in enumerate(weight_deps)]
+        sizes = [s.support_size for s in joint]
+        return plan_rows(sizes, term_sets, weight_sets, signs)
 
     def _term_plan(self, sites, key, args, kwargs):
         """Which log-density terms depend on which site (provenance); mark fast / RB sites.
@@ -179,6 +217,8 @@ class Expectation:
     def _estimate(self, key, args, kwargs):
         plan = self.discover(key, *args, **kwargs)
         sites = plan.sites
+        if plan.factored is not None:
+            return self._factored_estimate(plan, key, args, kwargs)
         joint = [s for s in sites if s.kind == "joint_enum"]
         sizes = [s.support_size for s in joint]
         n_comb = int(np.prod(sizes)) if sizes else 1
@@ -276,6 +316,22 @@ class Expectation:
                 term = jnp.sum((1.0 - box(loo_score)) * baseline, axis=1)
                 estimate = estimate + jnp.sum(jnp.exp(lw_up) * term)
         return estimate, updates
+
+    def _factored_estimate(self, plan, key, args, kwargs):
+        """The exact expectation over the joint-enum sites by variable elimination, from
+        seeded replays on the plan's rows (the other sites are reparameterized)."""
+        joint = [s for s in plan.sites if s.kind == "joint_enum"]
+
+        def row(indices):
+            combo = {s.order: indices[j] for j, s in enumerate(joint)}  # support indices
+            st = RunState("main", combo, _NO_TARGET, plan.sites)
+            self._run(st, key, args, kwargs)
+            weights = [st.enum_lp[s.order] for s in joint]
+            return [t.lp for t in st.terms], weights, st.state_updates
+
+        terms, weights, state_updates = jax.vmap(row)(jnp.asarray(plan.factored.rows))
+        updates = jax.tree.map(lambda x: x[0], state_updates)
+        return expected_value(plan.factored, terms, weights), updates
 
     # -- conveniences ---------------------------------------------------------------
     def estimate(self, key, *args, **kwargs):

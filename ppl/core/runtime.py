@@ -105,6 +105,7 @@ class RunState:
         self.particle = particle if particle is not None else (jnp.int32(0), 1)
         self.counter = parent.counter if parent is not None else [0]
         self.enum_lw = jnp.zeros(())  # sum of joint-enum log weights (main)
+        self.enum_lp: dict[int, Any] = {}  # joint-enum order -> its log weight
         self.lw_up = jnp.zeros(())  # joint-enum log weight before the target (replay)
         self.lw_down = jnp.zeros(())  # ... after it
         self.score = jnp.zeros(())  # sum of reinforce log probs
@@ -226,8 +227,8 @@ class apply_strategies(Messenger):
         if info.kind in ("reparam",):
             return
         x = lax.stop_gradient(x)
-        if order in state.forced:  # provenance analysis: an input, keeping x's data flow
-            x = state.forced[order] + 0 * x
+        if order in state.forced and info.kind != "joint_enum":  # provenance: an input,
+            x = state.forced[order] + 0 * x  # keeping x's data flow
         if info.kind == "reinforce":
             lp_elements = log_prob(fn, x)
             lp = jnp.sum(lp_elements)
@@ -249,13 +250,17 @@ class apply_strategies(Messenger):
                 if strat.learn:
                     state.learned[order] = b
         elif info.kind == "joint_enum":
-            support = base_distribution(fn).enumerate_support(expand=False).reshape(-1)
-            forced = support[state.combo[order]].astype(jnp.result_type(x))
-            forced = jnp.broadcast_to(forced, jnp.shape(msg["value"]))
-            # provenance analysis: the forced value depends on whatever the sample did
-            x = forced + 0 * x if state.mode == "provenance" else forced
+            if order in state.forced:  # factored plan: the value is an input of its own
+                x = state.forced[order]
+            else:
+                support = base_distribution(fn).enumerate_support(expand=False).reshape(-1)
+                forced = support[state.combo[order]].astype(jnp.result_type(x))
+                forced = jnp.broadcast_to(forced, jnp.shape(msg["value"]))
+                # provenance analysis: the forced value depends on whatever the sample did
+                x = forced + 0 * x if state.mode == "provenance" else forced
             lp = jnp.sum(log_prob(fn, x))
             state.enum_lw = state.enum_lw + lp
+            state.enum_lp[order] = lp
             if state.mode == "replay":
                 before = order < state.target.order
                 state.lw_up = state.lw_up + jnp.where(before, lp, 0.0)
@@ -346,7 +351,15 @@ def _describe(name, order, fn, x, strat, state, frames) -> SiteInfo:
         )
     if isinstance(strat, Enum) and n == 1 and not state.in_particles():
         size = base_distribution(fn).enumerate_support(expand=False).reshape(-1).shape[0]
-        return SiteInfo(name, order, "joint_enum", 1, support_size=int(size))
+        return SiteInfo(
+            name,
+            order,
+            "joint_enum",
+            1,
+            support_size=int(size),
+            value_shape=tuple(jnp.shape(x)),
+            value_dtype=jnp.result_type(x),
+        )
     if isinstance(strat, (Enum, MVD)):
         rule = _local_rule(name, fn, strat)
         n_params = len({j for j, _ in rule.pairs})

@@ -141,9 +141,12 @@ class Enum(Strategy):
     """Exact enumeration: sum_v p(v) k(v), weights differentiated too.
 
     A scalar site outside :func:`ppl.particles` is enumerated jointly with the other such
-    sites (one vectorized replay over the combinations). A batched site (plate elements or
-    particles) uses per-element local expectations: the value comes from the sample and
-    the gradient sums over every element's support, O(N * |support|) evaluations.
+    sites (one vectorized replay over the combinations); in ppl's ELBO family, when the
+    program's other sites are pathwise, by variable elimination over the sites each term
+    reads instead (:mod:`ppl.core.factored_enum`: a chain costs O(K), not 2^K). A batched
+    site (plate elements or particles) uses per-element local expectations: the value
+    comes from the sample and the gradient sums over every element's support,
+    O(N * |support|) evaluations.
     """
 
     name = "enum"
