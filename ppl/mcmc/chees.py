@@ -146,12 +146,15 @@ class ChEESAdaptState(NamedTuple):
 
 
 class ChEESWarmup(NamedTuple):
-    """``start(step_size, num_dim, trajectory_length=None) -> ChEESAdaptState`` and
-    ``step(key, t, states, adapt) -> (states, adapt, hmc_info)`` (one iteration of all
-    chains, leading axis of ``states``), from :func:`chees_warmup`."""
+    """From :func:`chees_warmup`: ``start(step_size, num_dim, trajectory_length=None,
+    inverse_mass_matrix=None) -> ChEESAdaptState``; ``step(key, t, states, adapt) ->
+    (states, adapt, hmc_info)``, one iteration of all chains (leading axis of ``states``);
+    ``update(t, states, new_states, hmc_info, adapt) -> adapt``, its adaptation half
+    (for drivers that take the chains' step themselves)."""
 
     start: Callable
     step: Callable
+    update: Callable
 
 
 def chees_warmup(
@@ -256,9 +259,12 @@ def chees_warmup(
         return ChEESParameters(step_size, length, imm)
 
     def step(key, t, states, adapt):
+        new, info = _ensemble_step(transition, key, t, states, adapt.parameters)
+        return new, adapt_update(t, states, new, info, adapt), info
+
+    def adapt_update(t, states, new, info, adapt):
         num_dim = adapt.parameters.inverse_mass_matrix.shape[0]
         imm = adapt.parameters.inverse_mass_matrix
-        new, info = _ensemble_step(transition, key, t, states, adapt.parameters)
         chees_state = update(
             adapt.chees,
             info.proposal.position,
@@ -299,9 +305,9 @@ def chees_warmup(
         params = jax.lax.cond(
             t == num_warmup - 1, lambda a: final(a, num_dim), lambda a: params, adapt
         )
-        return new, adapt._replace(parameters=params), info
+        return adapt._replace(parameters=params)
 
-    return ChEESWarmup(start, step)
+    return ChEESWarmup(start, step, adapt_update)
 
 
 def _ensemble_step(transition, key, t, states, params: ChEESParameters):
@@ -551,21 +557,16 @@ class ChEES(ModelKernel):
         rng_key, key = jax.random.split(state.rng_key)
         t = state.i
 
-        def draw(inner, adapt):
-            new, info = _ensemble_step(transition, key, t, inner, adapt.parameters)
-            return new, adapt, info
-
+        inner, info = _ensemble_step(transition, key, t, state.inner, state.adapt.parameters)
+        adapt = state.adapt
         if self._num_warmup > 0:
             warmup = chees_warmup(logdensity_fn, self._num_warmup, **self._warmup_options)
-            inner, adapt, info = jax.lax.cond(
+            adapt = jax.lax.cond(
                 t < self._num_warmup,
-                lambda s, a: warmup.step(key, t, s, a),
-                draw,
-                state.inner,
-                state.adapt,
+                lambda a: warmup.update(t, state.inner, inner, info, a),
+                lambda a: a,
+                adapt,
             )
-        else:
-            inner, adapt, info = draw(state.inner, state.adapt)
         i = t + 1
         n = jnp.where(t < self._num_warmup, i, i - self._num_warmup)
         accept = jnp.mean(info.acceptance_rate)
