@@ -494,7 +494,7 @@ class ChEES(ModelKernel):
     def get_diagnostics_str(self, state):
         eps, length, _ = state.adapt.parameters
         return (
-            f"step size {float(eps):.2e}, {float(length / eps):.0f} steps. "
+            f"step size {float(eps):.2e}, T/eps {float(length / eps):.0f}. "
             f"acc. prob={float(state.mean_accept_prob):.2f}"
         )
 
