@@ -17,7 +17,7 @@ from numpyro.infer import MCMC, Predictive
 from models import posteriordb
 from ppl import mcmc
 from tests.mcmc.test_numpyro import EXACT, Y_NORM, Y_POIS, conjugate, z_scores
-from tests.mcmc.test_posterior_accuracy import assert_close, compare
+from tests.mcmc.test_posterior_accuracy import assert_close
 
 N_SIGMA = 4.0
 
@@ -101,7 +101,7 @@ def test_eight_schools_matches_posteriordb():
     y, sigma = jnp.array(data["y"]), jnp.array(data["sigma"])
     m = run(mcmc.ChEES(posteriordb.eight_schools_noncentered), y, sigma, num_warmup=500)
     assert int(m.get_extra_fields()["diverging"].sum()) == 0
-    assert_close(compare(m.get_samples(group_by_chain=True), ref))
+    assert_close(posteriordb.compare(m.get_samples(group_by_chain=True), ref))
 
 
 SCALES = jnp.array([0.1, 1.0, 5.0])

@@ -52,7 +52,24 @@ def run_nuts(p: posteriordb.Posterior, key) -> dict:
     return m.get_samples(group_by_chain=True)
 
 
-SAMPLERS: dict[str, Callable] = {"nuts": run_nuts}
+CHEES_CHAINS, CHEES_DRAWS = 64, 200
+
+
+def run_chees(p: posteriordb.Posterior, key) -> dict:
+    """ppl's ChEES-HMC at its defaults, 64 chains (an ensemble kernel: vectorized)."""
+    m = MCMC(
+        mcmc.ChEES(p.model),
+        num_warmup=NUM_WARMUP,
+        num_samples=CHEES_DRAWS,
+        num_chains=CHEES_CHAINS,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
+    m.run(key, *p.args, **p.kwargs)
+    return m.get_samples(group_by_chain=True)
+
+
+SAMPLERS: dict[str, Callable] = {"nuts": run_nuts, "chees": run_chees}
 
 
 def check(sampler: Callable, p: posteriordb.Posterior, seed: int = 0) -> tuple[list, list]:
