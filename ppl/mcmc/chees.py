@@ -32,6 +32,10 @@ from .adapters import ModelKernel, _leapfrog_step_size
 from .base import GradState, Info, Kernel
 from .gradient import _grad_init
 
+# warm-up rescue of chains that stopped moving (see ``chees_warmup``)
+RESCUE_EVERY = 50
+_RESCUE_SALT = 0x5EED
+
 # Halton points over 30 bits: exact for the first 2³⁰ − 1 iterations (BlackJAX uses
 # ⌈log₂(warm-up + sampling)⌉ bits, which gives the same points over that range).
 HALTON_BITS = 30
@@ -136,25 +140,29 @@ class ChEESAdaptState(NamedTuple):
     """Warm-up state over all chains: BlackJAX's ``ChEESAdaptationState`` (dual averaging of
     log ε, Adam on log T, their moving averages), the ensemble moment accumulators of the
     diagonal mass matrix and of the length floor (None when not estimated), and the
-    ``parameters`` the next iteration uses (the final ones after the last warm-up step)."""
+    ``parameters`` the next iteration uses (the final ones after the last warm-up step), and
+    per chain the iterations since it last accepted a move (``idle``, for the rescue)."""
 
     chees: Any
     welford: Any
     moments: Any
     eig: Any
     parameters: ChEESParameters
+    idle: jax.Array
 
 
 class ChEESWarmup(NamedTuple):
-    """From :func:`chees_warmup`: ``start(step_size, num_dim, trajectory_length=None,
+    """From :func:`chees_warmup`: ``start(step_size, states, trajectory_length=None,
     inverse_mass_matrix=None) -> ChEESAdaptState``; ``step(key, t, states, adapt) ->
     (states, adapt, hmc_info)``, one iteration of all chains (leading axis of ``states``);
-    ``update(t, states, new_states, hmc_info, adapt) -> adapt``, its adaptation half
-    (for drivers that take the chains' step themselves)."""
+    its parts ``update(t, states, new_states, hmc_info, adapt) -> adapt`` and
+    ``rescue(key, t, states, adapt) -> (states, adapt)`` for drivers that take the chains'
+    step themselves."""
 
     start: Callable
     step: Callable
     update: Callable
+    rescue: Callable
 
 
 def chees_warmup(
@@ -178,12 +186,16 @@ def chees_warmup(
     ``mass_matrix_window_fraction`` of warm-up, and (``length_floor``) T is floored at
     (π/2)√λ_max of the whitened ensemble covariance (BlackJAX 1.7's defaults). The last
     iteration (t = ``num_warmup`` − 1) sets ``parameters`` to the moving averages.
+    One addition to BlackJAX (``rescue``): every 50 iterations of the first half, a chain
+    that has not accepted a move in 50 iterations restarts at a random moving chain's state
+    (no shared ε frees a chain stuck where every proposal fails, e.g. an explosive AR
+    start; its spread would also corrupt the ensemble mass matrix).
 
     Example::
 
         w = chees_warmup(logp, num_warmup=500)
-        adapt = w.start(0.1, num_dim=3)
         states = jax.vmap(chees(logp, 0.1, 0.1).init)(x0)
+        adapt = w.start(0.1, states)
         states, adapt, _ = w.step(key, 0, states, adapt)
     """
     import optax
@@ -212,7 +224,9 @@ def chees_warmup(
     window_start = int(mass_matrix_window_fraction * num_warmup) if adapt_mass_matrix else None
     transition = _hmc_transition(logdensity_fn, divergence_threshold)
 
-    def start(step_size, num_dim, trajectory_length=None, inverse_mass_matrix=None):
+    def start(step_size, states, trajectory_length=None, inverse_mass_matrix=None):
+        flat = jax.vmap(lambda p: ravel_pytree(p)[0])(states.position)
+        num_chains, num_dim = flat.shape
         step_size = jnp.asarray(step_size, jnp.result_type(float))
         state = init(jnp.asarray(0, jnp.int32), step_size)
         if trajectory_length is not None:
@@ -228,7 +242,8 @@ def chees_warmup(
             moments = MomentBlock(jnp.zeros(()), jnp.zeros(num_dim), jnp.zeros((num_dim, num_dim)))
             eig = bj._eig_state_init(num_dim)
         params = ChEESParameters(step_size, state.trajectory_length, imm)
-        return ChEESAdaptState(state, welford, moments, eig, params)
+        idle = jnp.zeros(num_chains, jnp.int32)
+        return ChEESAdaptState(state, welford, moments, eig, params, idle)
 
     def threshold(num_dim):
         return bj._mass_matrix_engagement_threshold(num_dim)
@@ -260,7 +275,28 @@ def chees_warmup(
 
     def step(key, t, states, adapt):
         new, info = _ensemble_step(transition, key, t, states, adapt.parameters)
-        return new, adapt_update(t, states, new, info, adapt), info
+        adapt = adapt_update(t, states, new, info, adapt)
+        new, adapt = rescue(jax.random.fold_in(key, _RESCUE_SALT), t, new, adapt)
+        return new, adapt, info
+
+    def rescue(key, t, states, adapt):
+        # every RESCUE_EVERY iterations of the first half of warm-up, a chain that has not
+        # moved for RESCUE_EVERY iterations restarts at the state of a random moving chain
+        # (a shared ε cannot free a chain stuck where every proposal is rejected; warm-up
+        # need not preserve the target)
+        stuck = adapt.idle >= RESCUE_EVERY
+        due = ((t + 1) % RESCUE_EVERY == 0) & (t < num_warmup // 2) & jnp.any(stuck)
+        due = due & ~jnp.all(stuck)
+
+        def restart(args):
+            states, idle = args
+            healthy = (~stuck).astype(float)
+            donor = jax.random.choice(key, stuck.shape[0], stuck.shape, p=healthy / healthy.sum())
+            pick = lambda x: jnp.where(stuck.reshape((-1,) + (1,) * (x.ndim - 1)), x[donor], x)
+            return jax.tree.map(pick, states), jnp.where(stuck, 0, idle)
+
+        states, idle = jax.lax.cond(due, restart, lambda a: a, (states, adapt.idle))
+        return states, adapt._replace(idle=idle)
 
     def adapt_update(t, states, new, info, adapt):
         num_dim = adapt.parameters.inverse_mass_matrix.shape[0]
@@ -274,7 +310,8 @@ def chees_warmup(
             info.is_divergent,
             imm,
         )
-        adapt = adapt._replace(chees=chees_state)
+        idle = jnp.where(info.is_accepted, 0, adapt.idle + 1)
+        adapt = adapt._replace(chees=chees_state, idle=idle)
         if adapt_mass_matrix:
             in_window = t >= window_start
             x_new = jax.vmap(lambda p: ravel_pytree(p)[0])(new.position)
@@ -307,7 +344,7 @@ def chees_warmup(
         )
         return adapt._replace(parameters=params)
 
-    return ChEESWarmup(start, step, adapt_update)
+    return ChEESWarmup(start, step, adapt_update, rescue)
 
 
 def _ensemble_step(transition, key, t, states, params: ChEESParameters):
@@ -368,9 +405,8 @@ def chees_adaptation(
         step_size = _initial_step_size(
             logdensity_fn, jax.tree.map(lambda x: x[0], positions), key_eps
         )
-    num_dim = ravel_pytree(jax.tree.map(lambda x: x[0], positions))[0].size
     states = jax.vmap(_grad_init(logdensity_fn))(positions)
-    adapt = warmup.start(step_size, num_dim)
+    adapt = warmup.start(step_size, states)
 
     def body(carry, xs):
         key, t = xs
@@ -534,15 +570,16 @@ class ChEES(ModelKernel):
         if step_size is None:
             step_size = _initial_step_size(logdensity_fn, first, key_eps)
         imm = self._inverse_mass_matrix
+        inner = jax.vmap(_grad_init(logdensity_fn))(init_params)
         if self._num_warmup > 0:
             warmup = chees_warmup(logdensity_fn, self._num_warmup, **self._warmup_options)
-            adapt = warmup.start(step_size, num_dim, self._trajectory_length, imm)
+            adapt = warmup.start(step_size, inner, self._trajectory_length, imm)
         else:
             eps = jnp.asarray(step_size, jnp.result_type(float))
             imm = jnp.broadcast_to(jnp.asarray(1.0 if imm is None else imm, eps.dtype), (num_dim,))
             length = jnp.asarray(self._trajectory_length, eps.dtype)
-            adapt = ChEESAdaptState(None, None, None, None, ChEESParameters(eps, length, imm))
-        inner = jax.vmap(_grad_init(logdensity_fn))(init_params)
+            params = ChEESParameters(eps, length, imm)
+            adapt = ChEESAdaptState(None, None, None, None, params, jnp.zeros(num_chains, int))
         zeros = jnp.zeros(num_chains, jnp.result_type(float))
         self._sample_fn = self.sample
         return ChEESState(
@@ -561,12 +598,13 @@ class ChEES(ModelKernel):
         adapt = state.adapt
         if self._num_warmup > 0:
             warmup = chees_warmup(logdensity_fn, self._num_warmup, **self._warmup_options)
-            adapt = jax.lax.cond(
-                t < self._num_warmup,
-                lambda a: warmup.update(t, state.inner, inner, info, a),
-                lambda a: a,
-                adapt,
-            )
+
+            def warm(args):
+                new, adapt = args
+                adapt = warmup.update(t, state.inner, new, info, adapt)
+                return warmup.rescue(jax.random.fold_in(key, _RESCUE_SALT), t, new, adapt)
+
+            inner, adapt = jax.lax.cond(t < self._num_warmup, warm, lambda a: a, (inner, adapt))
         i = t + 1
         n = jnp.where(t < self._num_warmup, i, i - self._num_warmup)
         accept = jnp.mean(info.acceptance_rate)

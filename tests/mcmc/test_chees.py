@@ -166,3 +166,15 @@ def test_pure_adaptation_then_sampling():
     for i, scale in enumerate(np.asarray(SCALES)):
         z_mean, z_sd = z_scores(draws[..., i], 0.0, scale)
         assert abs(z_mean) < N_SIGMA and abs(z_sd) < N_SIGMA, (i, z_mean, z_sd)
+
+
+def test_warmup_rescues_stuck_chains():
+    """Two of 16 chains start at x = 50 on π(x) ∝ exp(−Σx⁴/4), where the curvature (3x² =
+    7500) makes every leapfrog trajectory at the ensemble's ε diverge; the warm-up restarts
+    them from moving chains (at t = 49), so every chain ends in the bulk (|x| < 10; the
+    target puts mass < 1e-1000 there)."""
+    x0 = jax.random.normal(jax.random.key(5), (16, 2)).at[:2].set(50.0)
+    quartic = lambda x: -0.25 * jnp.sum(x**4)
+    states, params = mcmc.chees_adaptation(jax.random.key(6), quartic, x0, 100, step_size=0.5)
+    assert np.all(np.abs(np.asarray(states.position)) < 10), states.position[:, 0]
+    assert np.isfinite(float(params.step_size))
