@@ -11,7 +11,8 @@ log T, the ensemble diagonal mass matrix and its slow-direction length floor):
 
 BlackJAX's ``chees_adaptation(...).run`` is one ``lax.scan`` over the whole warm-up; here the
 same iteration is exposed step by step (``chees_warmup``) so NumPyro's driver can call it
-once per warm-up iteration. A test checks it reproduces BlackJAX's ``run`` exactly.
+once per warm-up iteration (a test checks it reproduces BlackJAX's ``run``), plus one
+addition: chains that stop moving early in warm-up restart from moving ones.
 BlackJAX is imported when something is built, so ``import ppl`` does not need it.
 """
 
@@ -455,7 +456,10 @@ class ChEES(ModelKernel):
     nothing to adapt across, so it is refused with an error saying what to pass.
     ``step_size=None`` starts from NumPyro's reasonable step size at the first chain;
     ``trajectory_length=None`` starts warm-up at one leapfrog step (BlackJAX) and must be
-    given when ``num_warmup=0``. ``print_summary`` counts the ``diverging`` field.
+    given when ``num_warmup=0``. ``print_summary`` counts the ``diverging`` field. Chains
+    share ε, so a chain started where every proposal fails cannot adapt its way out: during
+    the first half of warm-up such chains restart from moving ones (see
+    :func:`chees_warmup`); sampling is plain jittered HMC at the final parameters.
 
     Example::
 

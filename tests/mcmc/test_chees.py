@@ -1,6 +1,7 @@
 """ChEES-HMC: the NumPyro ensemble adapter (API, shapes, refused single-chain runs), exact
-posteriors (conjugate model; eight schools against posteriordb, slow), and the step-wise
-warm-up against BlackJAX's own ``chees_adaptation(...).run`` (slow).
+posteriors (conjugate model; eight schools against posteriordb, slow), the step-wise
+warm-up against BlackJAX's own ``chees_adaptation(...).run`` (slow), and the warm-up's
+rescue of chains stuck where every proposal diverges.
 
 The transition kernel's invariance is in test_stationarity.py (case chees_preconditioned).
 Tolerances are 4 Monte Carlo standard errors (ArviZ ``mcse`` of the mean and of the sd).
