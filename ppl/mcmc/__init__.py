@@ -7,6 +7,15 @@ return a :class:`Kernel`; they run under ``jax.jit``, ``jax.vmap`` and ``jax.lax
 from .adapters import HMC, MALA, NUTS, AdaptState, KernelState, ModelKernel, RandomWalk
 from .arviz import to_arviz
 from .base import GradState, Info, Kernel, State, mh_accept, summarize
+from .chees import (
+    ChEES,
+    ChEESParameters,
+    ChEESState,
+    chees,
+    chees_adaptation,
+    chees_warmup,
+    halton,
+)
 from .combinators import block, cycle, mixture, repeat
 from .diagnostics import Diagnostics, MixingWarning, diagnose
 from .enum_gibbs import enum_gibbs
@@ -32,6 +41,11 @@ __all__ = [
     "hmc",
     "leapfrog",
     "nuts",
+    "chees",
+    "chees_warmup",
+    "chees_adaptation",
+    "ChEESParameters",
+    "halton",
     "enum_gibbs",
     "involutive",
     "hmc_involution",
@@ -47,6 +61,8 @@ __all__ = [
     "MALA",
     "HMC",
     "NUTS",
+    "ChEES",
+    "ChEESState",
     "EnumGibbs",
     "MH",
     "Involutive",

@@ -53,6 +53,9 @@ CASES = [
     ("hmc_jittered", mcmc.hmc(logp, 0.4, 5, step_size_jitter=0.5), sample, True),
     # BlackJAX's NUTS (a stale log density carried between steps is caught at z = 7.6)
     ("nuts_preconditioned", mcmc.nuts(logp, 0.6, jnp.array([0.6, 1.8])), sample, True),
+    # ChEES-HMC's transition: ⌈u·T/ε⌉ leapfrog steps, u ~ U(0, 1] from the key (a mixture
+    # of reversible HMC kernels); a jitter shrunk 4x where x₀ < 1 is caught at z = −49
+    ("chees_preconditioned", mcmc.chees(logp, 0.5, 2.0, jnp.array([0.6, 1.8])), sample, True),
     ("cycle", mcmc.cycle(RW, MALA), sample, False),
     ("mixture", mcmc.mixture([MALA, HMC], [0.3, 0.7]), sample, True),
     pytest.param("repeat", mcmc.repeat(MALA, 3), sample, True, marks=pytest.mark.slow),

@@ -1,0 +1,618 @@
+"""ChEES-HMC (Hoffman, Radul & Sountsov, 2021): HMC whose trajectory length is jittered each
+iteration and, during warm-up, tuned across many parallel chains.
+
+Three layers, all on BlackJAX (``blackjax.mcmc.hmc`` for the transition,
+``blackjax.adaptation.chees_adaptation`` for the ChEES criterion, dual averaging, Adam on
+log T, the ensemble diagonal mass matrix and its slow-direction length floor):
+
+- :func:`chees`, a pure kernel: one HMC transition with ⌈u·T/ε⌉ leapfrog steps;
+- :func:`chees_adaptation`, the pure many-chain warm-up (``lax.scan`` of :func:`chees_warmup`);
+- :class:`ChEES`, a NumPyro ensemble kernel running that warm-up inside ``numpyro.infer.MCMC``.
+
+BlackJAX's ``chees_adaptation(...).run`` is one ``lax.scan`` over the whole warm-up; here the
+same iteration is exposed step by step (``chees_warmup``) so NumPyro's driver can call it
+once per warm-up iteration (a test checks it reproduces BlackJAX's ``run``), plus one
+addition: chains that stop moving early in warm-up restart from moving ones.
+BlackJAX is imported when something is built, so ``import ppl`` does not need it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from numpyro.infer.initialization import init_to_uniform
+from numpyro.util import is_prng_key
+
+from ..core.arguments import count
+from .adapters import ModelKernel, _leapfrog_step_size
+from .base import GradState, Info, Kernel
+from .gradient import _grad_init
+
+# warm-up rescue of chains that stopped moving (see ``chees_warmup``)
+RESCUE_EVERY = 50
+_RESCUE_SALT = 0x5EED
+
+# Halton points over 30 bits: exact for the first 2³⁰ − 1 iterations (BlackJAX uses
+# ⌈log₂(warm-up + sampling)⌉ bits, which gives the same points over that range).
+HALTON_BITS = 30
+
+
+def halton(i: jax.Array) -> jax.Array:
+    """The (i+1)-th point of the base-2 Halton (van der Corput) sequence, in (0, 1): the
+    quasi-random trajectory-length jitter ChEES-HMC shares across chains at iteration i.
+    Example: ``[halton(jnp.int32(i)) for i in range(3)]`` = 0.5, 0.25, 0.75."""
+    from blackjax.mcmc.dynamic_hmc import halton_sequence
+
+    return halton_sequence(jnp.asarray(i, jnp.int32), HALTON_BITS)
+
+
+def _num_steps(jitter, step_size, trajectory_length):
+    # BlackJAX's integration_steps_fn: ⌈u · (T/ε)⌉, ≥ 1 for u > 0
+    return jnp.asarray(jnp.ceil(jitter * (trajectory_length / step_size)), dtype=int)
+
+
+def _hmc_transition(logdensity_fn, divergence_threshold):
+    """BlackJAX's HMC transition over GradStates, returning BlackJAX's full ``HMCInfo``
+    (the proposal and momentum feed the ChEES criterion)."""
+    from blackjax.mcmc import hmc as bj_hmc
+
+    kernel = bj_hmc.build_kernel(divergence_threshold=divergence_threshold)
+
+    def transition(key, state, step_size, inverse_mass_matrix, num_steps):
+        x, _ = ravel_pytree(state.position)
+        inv_mass = jnp.broadcast_to(jnp.asarray(inverse_mass_matrix, x.dtype), x.shape)
+        new, info = kernel(
+            key, bj_hmc.HMCState(*state), logdensity_fn, step_size, inv_mass, num_steps
+        )
+        return GradState(*new), info
+
+    return transition
+
+
+def chees(
+    logdensity_fn: Callable,
+    step_size: float | jax.Array,
+    trajectory_length: float | jax.Array,
+    inverse_mass_matrix: float | jax.Array = 1.0,
+    jitter: float | jax.Array | None = None,
+    divergence_threshold: float = 1000.0,
+) -> Kernel:
+    """Jittered-trajectory HMC, the transition of ChEES-HMC: a fresh momentum p ~ N(0, M),
+    n = ⌈u·T/ε⌉ leapfrog steps of size ε (T = ``trajectory_length``), then an MH test;
+    ``inverse_mass_matrix`` is a scalar or a diagonal over the flattened position.
+
+    ``jitter=None`` draws u ~ U(0, 1] from the step's key, independently of the state: the
+    kernel is a mixture over n of reversible HMC kernels, so it is reversible and composes
+    with ``cycle``/``mixture``/``block`` (its state is a plain ``GradState``). A number
+    u ∈ (0, 1] fixes n instead; drivers of many chains build the kernel each iteration with
+    the shared Halton point ``u = halton(t)`` (as ChEES-HMC does) so every chain takes the
+    same number of leapfrog steps and a ``vmap`` over chains wastes none. ``Info``:
+    ``acceptance_rate`` = min(1, e^{−ΔH}), ``is_accepted``.
+
+    Example::
+
+        k = chees(lambda x: -0.5 * jnp.sum(x**2), step_size=0.3, trajectory_length=2.0)
+        state, info = k.step(jax.random.key(0), k.init(jnp.zeros(3)))
+    """
+    _check_positive(step_size, "step_size", "chees")
+    _check_positive(trajectory_length, "trajectory_length", "chees")
+    if jitter is not None and not isinstance(jitter, jax.Array):
+        if not 0 < float(jitter) <= 1:
+            raise ValueError(f"chees: jitter must be None or in (0, 1], got {jitter!r}")
+    init = _grad_init(logdensity_fn)
+    transition = _hmc_transition(logdensity_fn, divergence_threshold)
+
+    def step(key, state):
+        u = jitter
+        if jitter is None:
+            key, k_jit = jax.random.split(key)
+            u = 1.0 - jax.random.uniform(k_jit)  # (0, 1]
+        n = _num_steps(u, step_size, trajectory_length)
+        new, info = transition(key, state, step_size, inverse_mass_matrix, n)
+        return new, Info(info.acceptance_rate, info.is_accepted)
+
+    return Kernel(init, step)
+
+
+def _check_positive(value, name, who):
+    if isinstance(value, jax.core.Tracer):
+        return
+    if value is None:
+        raise ValueError(f"{who}: {name} must be positive, got None")
+    if not np.all(np.asarray(value) > 0):
+        raise ValueError(f"{who}: {name} must be positive, got {value!r}")
+
+
+class ChEESParameters(NamedTuple):
+    """What the jittered HMC kernel uses: step size ε, trajectory length T and the diagonal
+    inverse mass matrix (flattened position); ``chees(logdensity_fn, *params)`` builds it."""
+
+    step_size: jax.Array
+    trajectory_length: jax.Array
+    inverse_mass_matrix: jax.Array
+
+
+class ChEESAdaptState(NamedTuple):
+    """Warm-up state over all chains: BlackJAX's ``ChEESAdaptationState`` (dual averaging of
+    log ε, Adam on log T, their moving averages), the ensemble moment accumulators of the
+    diagonal mass matrix and of the length floor (None when not estimated), and the
+    ``parameters`` the next iteration uses (the final ones after the last warm-up step), and
+    per chain the iterations since it last accepted a move (``idle``, for the rescue)."""
+
+    chees: Any
+    welford: Any
+    moments: Any
+    eig: Any
+    parameters: ChEESParameters
+    idle: jax.Array
+
+
+class ChEESWarmup(NamedTuple):
+    """From :func:`chees_warmup`: ``start(step_size, states, trajectory_length=None,
+    inverse_mass_matrix=None) -> ChEESAdaptState``; ``step(key, t, states, adapt) ->
+    (states, adapt, hmc_info)``, one iteration of all chains (leading axis of ``states``);
+    its parts ``update(t, states, new_states, hmc_info, adapt) -> adapt`` and
+    ``rescue(key, t, states, adapt) -> (states, adapt)`` for drivers that take the chains'
+    step themselves."""
+
+    start: Callable
+    step: Callable
+    update: Callable
+    rescue: Callable
+
+
+def chees_warmup(
+    logdensity_fn: Callable,
+    num_warmup: int,
+    learning_rate: float = 0.025,
+    target_acceptance_rate: float = 0.651,
+    decay_rate: float = 0.5,
+    max_leapfrog_steps: int = 1000,
+    adapt_mass_matrix: bool = True,
+    mass_matrix_window_fraction: float = 0.5,
+    length_floor: bool = True,
+    divergence_threshold: float = 1000.0,
+) -> ChEESWarmup:
+    """ChEES-HMC's warm-up, one iteration at a time: all chains take one jittered HMC step
+    with the shared Halton jitter u = halton(t); ε follows dual averaging of the chains'
+    harmonic-mean acceptance toward ``target_acceptance_rate``; log T follows Adam
+    (``learning_rate``, β₁ = 0, β₂ = 0.95, as TFP) on the ChEES criterion
+    E[(‖x′ − x̄′‖² − ‖x − x̄‖²)²]/4 weighted by acceptance; with ``adapt_mass_matrix`` the
+    diagonal inverse mass matrix is the chains' pooled variance over the last
+    ``mass_matrix_window_fraction`` of warm-up, and (``length_floor``) T is floored at
+    (π/2)√λ_max of the whitened ensemble covariance (BlackJAX 1.7's defaults). The last
+    iteration (t = ``num_warmup`` − 1) sets ``parameters`` to the moving averages.
+    One addition to BlackJAX (``rescue``): every 50 iterations of the first half, a chain
+    that has not accepted a move in 50 iterations restarts at a random moving chain's state
+    (no shared ε frees a chain stuck where every proposal fails, e.g. an explosive AR
+    start; its spread would also corrupt the ensemble mass matrix).
+
+    Example::
+
+        w = chees_warmup(logp, num_warmup=500)
+        states = jax.vmap(chees(logp, 0.1, 0.1).init)(x0)
+        adapt = w.start(0.1, states)
+        states, adapt, _ = w.step(key, 0, states, adapt)
+    """
+    import optax
+    from blackjax.adaptation import chees_adaptation as bj
+    from blackjax.adaptation.mass_matrix import welford_algorithm
+    from blackjax.adaptation.metric_buffers import MomentBlock, cgl_update_batch
+
+    num_warmup = count(num_warmup, "num_warmup", "chees_warmup")
+    max_leapfrog_steps = count(max_leapfrog_steps, "max_leapfrog_steps", "chees_warmup")
+    if not 0.0 <= mass_matrix_window_fraction <= 1.0:
+        raise ValueError(
+            "chees_warmup: mass_matrix_window_fraction must be in [0, 1], "
+            f"got {mass_matrix_window_fraction!r}"
+        )
+    if not 0.0 < target_acceptance_rate < 1.0:
+        raise ValueError(
+            "chees_warmup: target_acceptance_rate must be in (0, 1), "
+            f"got {target_acceptance_rate!r}"
+        )
+    floor = adapt_mass_matrix and length_floor
+    optim = optax.adam(learning_rate, b1=0.0, b2=0.95)
+    init, update = bj.base(
+        halton, lambda i: i + 1, optim, target_acceptance_rate, decay_rate, max_leapfrog_steps
+    )
+    wc_init, wc_update, _ = welford_algorithm(is_diagonal_matrix=True)
+    window_start = int(mass_matrix_window_fraction * num_warmup) if adapt_mass_matrix else None
+    transition = _hmc_transition(logdensity_fn, divergence_threshold)
+
+    def start(step_size, states, trajectory_length=None, inverse_mass_matrix=None):
+        flat = jax.vmap(lambda p: ravel_pytree(p)[0])(states.position)
+        num_chains, num_dim = flat.shape
+        step_size = jnp.asarray(step_size, jnp.result_type(float))
+        state = init(jnp.asarray(0, jnp.int32), step_size)
+        if trajectory_length is not None:
+            state = state._replace(
+                trajectory_length=jnp.asarray(trajectory_length, step_size.dtype)
+            )
+        imm = 1.0 if adapt_mass_matrix or inverse_mass_matrix is None else inverse_mass_matrix
+        imm = jnp.broadcast_to(jnp.asarray(imm, step_size.dtype), (num_dim,))
+        welford = moments = eig = None
+        if adapt_mass_matrix:
+            welford = wc_init(num_dim)
+        if floor:
+            moments = MomentBlock(jnp.zeros(()), jnp.zeros(num_dim), jnp.zeros((num_dim, num_dim)))
+            eig = bj._eig_state_init(num_dim)
+        params = ChEESParameters(step_size, state.trajectory_length, imm)
+        idle = jnp.zeros(num_chains, jnp.int32)
+        return ChEESAdaptState(state, welford, moments, eig, params, idle)
+
+    def threshold(num_dim):
+        return bj._mass_matrix_engagement_threshold(num_dim)
+
+    def inverse_mass(adapt, num_dim):
+        if adapt.welford is None:  # fixed (identity unless given to ``start``)
+            return adapt.parameters.inverse_mass_matrix
+        return bj._diagonal_mass_matrix_or_fallback(adapt.welford, threshold(num_dim), num_dim)
+
+    def consumed_length(length, step_size, welford, eig, num_dim):
+        if not floor:
+            return length
+        engaged = welford.sample_size >= threshold(num_dim)
+        return bj._apply_length_floor(
+            length, eig.lambda_max, engaged, True, max_leapfrog_steps, step_size
+        )[0]
+
+    def final(adapt, num_dim):
+        c = adapt.chees
+        step_size = jnp.exp(c.log_step_size_moving_average)
+        length = jnp.exp(c.log_trajectory_length_moving_average)
+        imm = inverse_mass(adapt, num_dim)
+        if floor:
+            eig = bj._recompute_eig_state(
+                adapt.moments, imm, adapt.eig, bj._LENGTH_FLOOR_FINAL_POWER_ITERATIONS
+            )
+            length = consumed_length(length, step_size, adapt.welford, eig, num_dim)
+        return ChEESParameters(step_size, length, imm)
+
+    def step(key, t, states, adapt):
+        new, info = _ensemble_step(transition, key, t, states, adapt.parameters)
+        adapt = adapt_update(t, states, new, info, adapt)
+        new, adapt = rescue(jax.random.fold_in(key, _RESCUE_SALT), t, new, adapt)
+        return new, adapt, info
+
+    def rescue(key, t, states, adapt):
+        # every RESCUE_EVERY iterations of the first half of warm-up, a chain that has not
+        # moved for RESCUE_EVERY iterations restarts at the state of a random moving chain
+        # (a shared ε cannot free a chain stuck where every proposal is rejected; warm-up
+        # need not preserve the target)
+        stuck = adapt.idle >= RESCUE_EVERY
+        due = ((t + 1) % RESCUE_EVERY == 0) & (t < num_warmup // 2) & jnp.any(stuck)
+        due = due & ~jnp.all(stuck)
+
+        def restart(args):
+            states, idle = args
+            healthy = (~stuck).astype(float)
+            donor = jax.random.choice(key, stuck.shape[0], stuck.shape, p=healthy / healthy.sum())
+            pick = lambda x: jnp.where(stuck.reshape((-1,) + (1,) * (x.ndim - 1)), x[donor], x)
+            return jax.tree.map(pick, states), jnp.where(stuck, 0, idle)
+
+        states, idle = jax.lax.cond(due, restart, lambda a: a, (states, adapt.idle))
+        return states, adapt._replace(idle=idle)
+
+    def adapt_update(t, states, new, info, adapt):
+        num_dim = adapt.parameters.inverse_mass_matrix.shape[0]
+        imm = adapt.parameters.inverse_mass_matrix
+        chees_state = update(
+            adapt.chees,
+            info.proposal.position,
+            info.proposal.momentum,
+            states.position,
+            info.acceptance_rate,
+            info.is_divergent,
+            imm,
+        )
+        idle = jnp.where(info.is_accepted, 0, adapt.idle + 1)
+        adapt = adapt._replace(chees=chees_state, idle=idle)
+        if adapt_mass_matrix:
+            in_window = t >= window_start
+            x_new = jax.vmap(lambda p: ravel_pytree(p)[0])(new.position)
+
+            def fold(acc):
+                return jax.lax.scan(lambda a, row: (wc_update(a, row), None), acc, x_new)[0]
+
+            welford = jax.lax.cond(in_window, fold, lambda a: a, adapt.welford)
+            adapt = adapt._replace(welford=welford)
+            if floor:
+                moments = jax.lax.cond(
+                    in_window, lambda a: cgl_update_batch(a, x_new), lambda a: a, adapt.moments
+                )
+                recompute = in_window & (t % bj._LENGTH_FLOOR_RECOMPUTE_INTERVAL == 0)
+                eig = jax.lax.cond(
+                    recompute,
+                    lambda e: bj._recompute_eig_state(moments, imm, e),
+                    lambda e: e,
+                    adapt.eig,
+                )
+                adapt = adapt._replace(moments=moments, eig=eig)
+        c = adapt.chees
+        next_imm = inverse_mass(adapt, num_dim)
+        next_length = consumed_length(
+            c.trajectory_length, c.step_size, adapt.welford, adapt.eig, num_dim
+        )
+        params = ChEESParameters(c.step_size, next_length, next_imm)
+        params = jax.lax.cond(
+            t == num_warmup - 1, lambda a: final(a, num_dim), lambda a: params, adapt
+        )
+        return adapt._replace(parameters=params)
+
+    return ChEESWarmup(start, step, adapt_update, rescue)
+
+
+def _ensemble_step(transition, key, t, states, params: ChEESParameters):
+    """All chains (leading axis) take one jittered HMC step with the shared jitter halton(t)."""
+    num_chains = jax.tree.leaves(states.position)[0].shape[0]
+    eps, length, imm = params
+    n = _num_steps(halton(t), eps, length)
+    keys = jax.random.split(key, num_chains)
+    return jax.vmap(lambda k, s: transition(k, s, eps, imm, n))(keys, states)
+
+
+def _initial_step_size(logdensity_fn, position, key):
+    """NumPyro's reasonable leapfrog step size (one-step acceptance crossing 0.8) at one
+    chain's position, identity mass matrix, from ε = 1."""
+    flat, _ = ravel_pytree(position)
+    find = _leapfrog_step_size(logdensity_fn)
+    return find(
+        jnp.asarray(1.0, flat.dtype), jnp.ones_like(flat), (position, None, None, None), key
+    )
+
+
+def chees_adaptation(
+    rng_key: jax.Array,
+    logdensity_fn: Callable,
+    positions: Any,
+    num_warmup: int,
+    step_size: float | None = None,
+    **warmup_options,
+) -> tuple[GradState, ChEESParameters]:
+    """Run ChEES-HMC's warm-up (:func:`chees_warmup`, options passed through) over the
+    chains whose initial ``positions`` stack along the leading axis (≥ 2 chains; tens to
+    hundreds is the intended use). ``step_size=None`` starts from NumPyro's reasonable
+    step size at the first chain. Returns the chains' last states and the adapted
+    :class:`ChEESParameters`; continue the shared jitter with ``halton(num_warmup + t)``.
+
+    Example::
+
+        states, params = chees_adaptation(key, logp, jnp.zeros((64, 3)), num_warmup=500)
+        kernel = chees(logp, *params, jitter=halton(500))
+        states, info = jax.vmap(kernel.step)(jax.random.split(key, 64), states)
+    """
+    num_warmup = count(num_warmup, "num_warmup", "chees_adaptation")
+    leaves = jax.tree.leaves(positions)
+    sizes = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None for leaf in leaves}
+    if not leaves or len(sizes) != 1 or None in sizes:
+        raise ValueError(
+            "chees_adaptation: positions must be a pytree of arrays sharing a leading chain axis"
+        )
+    (num_chains,) = sizes
+    if num_chains < 2:
+        raise ValueError(
+            f"chees_adaptation: positions holds {num_chains} chain; the cross-chain "
+            "adaptation needs at least 2 (tens to hundreds recommended)"
+        )
+    warmup = chees_warmup(logdensity_fn, num_warmup, **warmup_options)
+    key_eps, key_run = jax.random.split(rng_key)
+    if step_size is None:
+        step_size = _initial_step_size(
+            logdensity_fn, jax.tree.map(lambda x: x[0], positions), key_eps
+        )
+    states = jax.vmap(_grad_init(logdensity_fn))(positions)
+    adapt = warmup.start(step_size, states)
+
+    def body(carry, xs):
+        key, t = xs
+        states, adapt, _ = warmup.step(key, t, *carry)
+        return (states, adapt), None
+
+    ts = jnp.arange(num_warmup, dtype=jnp.int32)
+    (states, adapt), _ = jax.lax.scan(
+        body, (states, adapt), (jax.random.split(key_run, num_warmup), ts)
+    )
+    return states, adapt.parameters
+
+
+class ChEESState(NamedTuple):
+    """State of :class:`ChEES` over all chains: the iteration ``i``, the chains' states
+    (leading axis; ``z`` is the unconstrained position), the shared adaptation state, each
+    chain's last acceptance probability and divergence, the phase's mean acceptance, and
+    one ``rng_key`` (NumPyro's ensemble-kernel convention)."""
+
+    i: jax.Array
+    inner: GradState
+    adapt: ChEESAdaptState
+    accept_prob: jax.Array
+    diverging: jax.Array
+    mean_accept_prob: jax.Array
+    rng_key: jax.Array
+
+    @property
+    def z(self):
+        return self.inner.position
+
+
+class ChEES(ModelKernel):
+    """ChEES-HMC on a NumPyro model: many chains take jittered-trajectory HMC steps
+    (:func:`chees`, n = ⌈halton(t)·T/ε⌉ shared by all chains) and, during warm-up, ε, T
+    and a diagonal inverse mass matrix are tuned from all chains at once
+    (:func:`chees_warmup`: dual averaging toward ``target_accept_prob`` 0.651, Adam on the
+    ChEES criterion, pooled ensemble variance).
+
+    Cross-chain adaptation needs one kernel that sees every chain, so ``ChEES`` is a NumPyro
+    *ensemble kernel* (``is_ensemble_kernel = True``, as ``numpyro.infer.AIES``/``ESS``):
+    run it with ``chain_method="vectorized"`` and ``num_chains`` ≥ 2 (tens to hundreds);
+    ``init`` then receives one key per chain and the state holds all chains along a leading
+    axis, which NumPyro collects as (chains, draws, ...). The default
+    ``chain_method="parallel"`` would hand each chain to its own copy of the kernel, with
+    nothing to adapt across, so it is refused with an error saying what to pass.
+    ``step_size=None`` starts from NumPyro's reasonable step size at the first chain;
+    ``trajectory_length=None`` starts warm-up at one leapfrog step (BlackJAX) and must be
+    given when ``num_warmup=0``. ``print_summary`` counts the ``diverging`` field. Chains
+    share ε, so a chain started where every proposal fails cannot adapt its way out: during
+    the first half of warm-up such chains restart from moving ones (see
+    :func:`chees_warmup`); sampling is plain jittered HMC at the final parameters.
+
+    Example::
+
+        mcmc = MCMC(ppl.mcmc.ChEES(model), num_warmup=500, num_samples=500, num_chains=64,
+                    chain_method="vectorized")
+        mcmc.run(jax.random.key(0), data)
+    """
+
+    target_accept_prob = 0.651
+    supports_mass_matrix = True
+    adapts_mass_matrix = True
+
+    def __init__(
+        self,
+        model: Callable | None = None,
+        potential_fn: Callable | None = None,
+        step_size: float | None = None,
+        trajectory_length: float | None = None,
+        target_accept_prob: float | None = None,
+        learning_rate: float = 0.025,
+        decay_rate: float = 0.5,
+        max_leapfrog_steps: int = 1000,
+        adapt_mass_matrix: bool | None = None,
+        inverse_mass_matrix: jax.Array | None = None,
+        init_strategy: Callable = init_to_uniform,
+        divergence_threshold: float = 1000.0,
+    ):
+        super().__init__(
+            model,
+            potential_fn,
+            step_size,
+            True,
+            target_accept_prob,
+            init_strategy,
+            adapt_mass_matrix,
+            inverse_mass_matrix,
+        )
+        if step_size is not None:
+            _check_positive(step_size, "step_size", "ChEES")
+        if trajectory_length is not None:
+            _check_positive(trajectory_length, "trajectory_length", "ChEES")
+        self._trajectory_length = trajectory_length
+        self._warmup_options = dict(
+            learning_rate=learning_rate,
+            target_acceptance_rate=self.target_accept_prob,
+            decay_rate=decay_rate,
+            max_leapfrog_steps=max_leapfrog_steps,
+            adapt_mass_matrix=self._adapt_mass_matrix,
+            divergence_threshold=divergence_threshold,
+        )
+        self._divergence_threshold = divergence_threshold
+
+    @property
+    def is_ensemble_kernel(self):
+        return True
+
+    @property
+    def default_fields(self):
+        return ("z", "diverging")
+
+    def build(self, logdensity_fn, step_size, inverse_mass_matrix=1.0):
+        """The pure jittered kernel (:func:`chees`, key-drawn jitter) at the given ε and the
+        ``trajectory_length`` this adapter was built with."""
+        return chees(
+            logdensity_fn,
+            step_size,
+            self._trajectory_length,
+            inverse_mass_matrix,
+            divergence_threshold=self._divergence_threshold,
+        )
+
+    def get_diagnostics_str(self, state):
+        eps, length, _ = state.adapt.parameters
+        return (
+            f"step size {float(eps):.2e}, T/eps {float(length / eps):.0f}. "
+            f"acc. prob={float(state.mean_accept_prob):.2f}"
+        )
+
+    def refresh(self, state, model_args, model_kwargs):
+        raise NotImplementedError("ChEES is an ensemble kernel; it cannot run inside Gibbs")
+
+    def init(self, rng_key, num_warmup, init_params=None, model_args=(), model_kwargs=None):
+        model_kwargs = {} if model_kwargs is None else model_kwargs
+        if self._model is None and self._potential_fn is None:
+            raise ValueError("ChEES has neither a `model` nor a `potential_fn`.")
+        if is_prng_key(rng_key) or jnp.shape(rng_key)[0] < 2:
+            raise ValueError(
+                "ChEES adapts across chains: run it with MCMC(..., num_chains=N, "
+                "chain_method='vectorized'), N >= 2 (tens to hundreds recommended); "
+                "got a single chain's key (num_chains=1 or chain_method other than "
+                "'vectorized')"
+            )
+        self._num_warmup = count(num_warmup, "num_warmup", "ChEES", minimum=0)
+        if self._num_warmup == 0 and self._trajectory_length is None:
+            raise ValueError("ChEES: num_warmup=0 needs a trajectory_length (nothing tunes it)")
+        num_chains = jnp.shape(rng_key)[0]
+        keys = jax.vmap(jax.random.split)(rng_key)
+        key, key_init = keys[0, 0], keys[:, 1]
+        if self._model is not None:
+            init_params = self._setup(key_init, init_params, model_args, model_kwargs)
+        if hasattr(init_params, "z"):  # ParamInfo
+            init_params = init_params.z
+        if init_params is None:
+            raise ValueError("ChEES: valid `init_params` must be provided with `potential_fn`.")
+        if any(jnp.shape(x)[:1] != (num_chains,) for x in jax.tree.leaves(init_params)):
+            raise ValueError(f"ChEES: init_params need a leading axis of num_chains={num_chains}")
+        logdensity_fn = self._logdensity_fn(model_args, model_kwargs)
+        first = jax.tree.map(lambda x: x[0], init_params)
+        num_dim = ravel_pytree(first)[0].size
+        key, key_eps = jax.random.split(key)
+        step_size = self._step_size
+        if step_size is None:
+            step_size = _initial_step_size(logdensity_fn, first, key_eps)
+        imm = self._inverse_mass_matrix
+        inner = jax.vmap(_grad_init(logdensity_fn))(init_params)
+        if self._num_warmup > 0:
+            warmup = chees_warmup(logdensity_fn, self._num_warmup, **self._warmup_options)
+            adapt = warmup.start(step_size, inner, self._trajectory_length, imm)
+        else:
+            eps = jnp.asarray(step_size, jnp.result_type(float))
+            imm = jnp.broadcast_to(jnp.asarray(1.0 if imm is None else imm, eps.dtype), (num_dim,))
+            length = jnp.asarray(self._trajectory_length, eps.dtype)
+            params = ChEESParameters(eps, length, imm)
+            adapt = ChEESAdaptState(None, None, None, None, params, jnp.zeros(num_chains, int))
+        zeros = jnp.zeros(num_chains, jnp.result_type(float))
+        self._sample_fn = self.sample
+        return ChEESState(
+            jnp.array(0), inner, adapt, zeros, zeros > 0, jnp.zeros_like(zeros[0]), key
+        )
+
+    def sample(self, state, model_args, model_kwargs):
+        if self._sample_fn is None:
+            raise RuntimeError("`init` must be called before `sample`.")
+        logdensity_fn = self._logdensity_fn(model_args, model_kwargs)
+        transition = _hmc_transition(logdensity_fn, self._divergence_threshold)
+        rng_key, key = jax.random.split(state.rng_key)
+        t = state.i
+
+        inner, info = _ensemble_step(transition, key, t, state.inner, state.adapt.parameters)
+        adapt = state.adapt
+        if self._num_warmup > 0:
+            warmup = chees_warmup(logdensity_fn, self._num_warmup, **self._warmup_options)
+
+            def warm(args):
+                new, adapt = args
+                adapt = warmup.update(t, state.inner, new, info, adapt)
+                return warmup.rescue(jax.random.fold_in(key, _RESCUE_SALT), t, new, adapt)
+
+            inner, adapt = jax.lax.cond(t < self._num_warmup, warm, lambda a: a, (inner, adapt))
+        i = t + 1
+        n = jnp.where(t < self._num_warmup, i, i - self._num_warmup)
+        accept = jnp.mean(info.acceptance_rate)
+        mean_accept_prob = state.mean_accept_prob + (accept - state.mean_accept_prob) / n
+        return ChEESState(
+            i, inner, adapt, info.acceptance_rate, info.is_divergent, mean_accept_prob, rng_key
+        )
