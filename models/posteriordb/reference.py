@@ -16,7 +16,8 @@ import numpy as np
 
 
 class Row(NamedTuple):
-    """One reference key: our mean and sd, the z-score of the mean, sd/sd_ref, z of the sd."""
+    """One reference key: our mean and sd, the z-score of the mean, sd/sd_ref, z of the sd,
+    and ArviZ's rank-normalized R-hat (nan for particles)."""
 
     key: str
     mean: float
@@ -24,9 +25,13 @@ class Row(NamedTuple):
     z: float
     sd_ratio: float
     z_sd: float
+    r_hat: float = math.nan
 
     def __str__(self):
-        return f"{self.key}: z={self.z:+.2f} sd ratio={self.sd_ratio:.3f} (z_sd={self.z_sd:+.2f})"
+        return (
+            f"{self.key}: z={self.z:+.2f} sd ratio={self.sd_ratio:.3f} (z_sd={self.z_sd:+.2f},"
+            f" R-hat={self.r_hat:.3f})"
+        )
 
 
 def draws(samples: dict, key: str) -> np.ndarray:
@@ -65,7 +70,9 @@ def compare(samples: dict, reference: dict, ess=None, weights=None) -> list[Row]
         ref_sd_se = r["sd"] * math.sqrt((kurt - 1) / (4 * r["n"]))
         z = (mean - r["mean"]) / math.hypot(mcse, r["mcse_mean"])
         z_sd = (sd - r["sd"]) / math.hypot(mcse_sd, ref_sd_se)
-        rows.append(Row(key, float(mean), float(sd), float(z), float(sd / r["sd"]), float(z_sd)))
+        r_hat = float(az.rhat(x)) if ess is None and x.shape[0] > 1 else math.nan
+        row = Row(key, float(mean), float(sd), float(z), float(sd / r["sd"]), float(z_sd), r_hat)
+        rows.append(row)
     return rows
 
 
@@ -74,13 +81,19 @@ def _wkurt(x, w):
     return np.sum(w * (x - mean) ** 4) / np.sum(w * (x - mean) ** 2) ** 2
 
 
-def failures(rows: list[Row], z_max: float = 4.5, sd_tol: float = 0.10) -> list[Row]:
+def failures(
+    rows: list[Row], z_max: float = 4.5, sd_tol: float = 0.10, r_hat_max: float = 1.05
+) -> list[Row]:
     """The rows whose mean is off by more than ``z_max`` combined SEs, or whose sd is off by
-    more than both ``sd_tol`` relative and ``z_max`` SEs of the sd: the issue-17 criterion
-    (means within 4.5 SEs, sds within 10%) where the draws resolve an sd to 10%, the
-    sd's own MCSE where they cannot (a heavy tail: eight schools' tau)."""
+    more than both ``sd_tol`` relative and ``z_max`` SEs of the sd, or whose chains disagree
+    (R-hat > ``r_hat_max``): the issue-17 criterion (means within 4.5 SEs, sds within 10%)
+    where the draws resolve an sd to 10%, the sd's own MCSE where they cannot (a heavy tail:
+    eight schools' tau). The R-hat bound guards the MCSEs: a stuck chain inflates them
+    (arma11, one chain stuck at theta = -1.16: sd ratio 48.6 but z = 1.2, z_sd = 3.4)."""
     return [
         r
         for r in rows
-        if abs(r.z) > z_max or (abs(r.sd_ratio - 1) > sd_tol and abs(r.z_sd) > z_max)
+        if abs(r.z) > z_max
+        or (abs(r.sd_ratio - 1) > sd_tol and abs(r.z_sd) > z_max)
+        or r.r_hat > r_hat_max
     ]
