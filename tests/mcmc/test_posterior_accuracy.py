@@ -14,16 +14,12 @@ enumeration in test_numpyro.py.
 """
 
 import json
-import math
 from pathlib import Path
 
-import arviz as az
 import jax.numpy as jnp
-import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
-from numpyro.distributions import constraints
 from numpyro.infer.initialization import init_to_value
 
 from models import posteriordb
@@ -41,28 +37,9 @@ def run(kernel, *args, num_warmup=1000, num_samples=2000, seed=0):
     return m.get_samples(group_by_chain=True)
 
 
-def compare(samples, reference):
-    """[(param, z of the mean, z of the sd)] against a ``{param: {mean, sd, n, mcse_mean}}``
-    reference (Stan's 1-based indices); the reference sd's own SE is sd·√((κ − 1)/(4n)),
-    κ the kurtosis of our draws."""
-    rows = []
-    for key, r in reference.items():
-        site, _, index = key.partition("[")
-        draws = np.asarray(samples[site], np.float64)
-        draws = draws[..., int(index[:-1]) - 1] if index else draws
-        kurt = np.mean((draws - draws.mean()) ** 4) / draws.var() ** 2
-        ref_sd_se = r["sd"] * math.sqrt((kurt - 1) / (4 * r["n"]))
-        se_mean = math.hypot(float(az.mcse(draws)), r["mcse_mean"])
-        se_sd = math.hypot(float(az.mcse(draws, method="sd")), ref_sd_se)
-        rows.append(
-            (key, (draws.mean() - r["mean"]) / se_mean, (draws.std(ddof=1) - r["sd"]) / se_sd)
-        )
-    return rows
-
-
 def assert_close(rows):
-    bad = [row for row in rows if abs(row[1]) >= N_SIGMA or abs(row[2]) >= N_SIGMA]
-    assert not bad, [(k, round(a, 2), round(b, 2)) for k, a, b in rows]
+    bad = [row for row in rows if abs(row.z) >= N_SIGMA or abs(row.z_sd) >= N_SIGMA]
+    assert not bad, [str(row) for row in rows]
 
 
 # --- eight schools (non-centered) ------------------------------------------------------
@@ -73,20 +50,11 @@ def test_eight_schools_mala():
     data, ref = posteriordb.load("eight_schools-eight_schools_noncentered")
     y, sigma = jnp.array(data["y"]), jnp.array(data["sigma"])
     samples = run(mcmc.MALA(eight_schools), y, sigma, num_warmup=1500, num_samples=6000)
-    assert_close(compare(samples, ref))
+    assert_close(posteriordb.compare(samples, ref))
 
 
 # --- low_dim_gauss_mix: assignments marginalized -----------------------------------------
-def gauss_mix(y):
-    """posteriordb's Stan model: ordered mu ~ N(0, 2), sigma ~ N⁺(0, 2), theta ~ Beta(5, 5),
-    y_n ~ theta N(mu₁, sigma₁) + (1 − theta) N(mu₂, sigma₂)."""
-    mu = numpyro.sample("mu", dist.ImproperUniform(constraints.ordered_vector, (), (2,)))
-    numpyro.factor("mu_prior", dist.Normal(0.0, 2.0).log_prob(mu).sum())
-    sigma = numpyro.sample("sigma", dist.HalfNormal(2.0).expand([2]))
-    theta = numpyro.sample("theta", dist.Beta(5.0, 5.0))
-    mix = dist.Categorical(probs=jnp.stack([theta, 1 - theta]))
-    with numpyro.plate("n", len(y)):
-        numpyro.sample("y", dist.MixtureSameFamily(mix, dist.Normal(mu, sigma)), obs=y)
+gauss_mix = posteriordb.low_dim_gauss_mix
 
 
 def test_low_dim_gauss_mix_hmc():
@@ -97,7 +65,7 @@ def test_low_dim_gauss_mix_hmc():
     start = {"mu": jnp.array([-1.0, 1.0]), "sigma": jnp.ones(2), "theta": 0.5}
     kernel = mcmc.HMC(gauss_mix, num_steps=4, init_strategy=init_to_value(values=start))
     samples = run(kernel, jnp.array(data["y"]), num_warmup=400, num_samples=800)
-    assert_close(compare(samples, ref))
+    assert_close(posteriordb.compare(samples, ref))
 
 
 # --- logistic regression against a long NUTS run ----------------------------------------
@@ -111,4 +79,4 @@ def test_logistic_regression_hmc():
     saved = json.loads((REFERENCE / "logistic_regression.json").read_text())
     X, y = jnp.array(saved["data"]["X"]), jnp.array(saved["data"]["y"])
     samples = run(mcmc.HMC(logistic, num_steps=6), X, y, num_samples=2000)
-    assert_close(compare(samples, saved["reference"]))
+    assert_close(posteriordb.compare(samples, saved["reference"]))
