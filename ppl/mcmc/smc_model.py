@@ -16,7 +16,7 @@ from numpyro.primitives import Messenger
 
 from ..core.arguments import check_key, count
 from .base import Kernel
-from .smc import SMCResult, data_annealed_smc, tempered_smc
+from .smc import SMCResult, _options, data_annealed_smc, tempered_smc
 
 
 def _is_improper(fn) -> bool:
@@ -110,6 +110,10 @@ class SMC:
         self.num_batches = count(num_batches, "num_batches", "SMC")
         self.model, self.anneal, self.betas, self.target_ess = model, anneal, betas, target_ess
         self.max_stages = count(max_stages, "max_stages", "SMC")
+        _options(
+            "SMC", self.num_particles, make_kernel, num_mcmc_steps, move, max_mcmc_steps,
+            correlation_threshold, num_resampled, resample_threshold,
+        )  # fmt: skip
         self.moves = dict(
             make_kernel=make_kernel,
             num_mcmc_steps=num_mcmc_steps,

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
@@ -52,7 +53,28 @@ def run_nuts(p: posteriordb.Posterior, key) -> dict:
     return m.get_samples(group_by_chain=True)
 
 
-SAMPLERS: dict[str, Callable] = {"nuts": run_nuts}
+SMC_RUNS, SMC_PARTICLES = 8, 1000
+
+
+def run_smc(p: posteriordb.Posterior, key) -> Particles:
+    """ppl's SMC at its defaults, SMC_RUNS independent runs (vmapped) pooled. Resampled
+    particles are correlated, so their ESS comes from the spread of the runs' means: per
+    reference key, ESS = sd² / (var of the run means / SMC_RUNS); the smallest is used."""
+    smc = mcmc.SMC(p.model, num_particles=SMC_PARTICLES)
+    run = jax.jit(jax.vmap(lambda k: smc.run(k, *p.args, **p.kwargs)))
+    res = run(jax.random.split(key, SMC_RUNS))
+    w = np.exp(np.asarray(res.log_weights, np.float64))  # (runs, particles), normalized
+    ess = np.inf
+    for key in p.reference:
+        x = posteriordb.draws(res.particles, key)
+        means = np.sum(w * x, 1)
+        var = np.sum(w * (x - means[:, None]) ** 2, 1).mean()
+        ess = min(ess, var / (means.var(ddof=1) / SMC_RUNS))
+    pooled = jax.tree.map(lambda a: np.asarray(a).reshape((1, -1) + a.shape[2:]), res.particles)
+    return Particles(pooled, float(ess), w.reshape(1, -1))
+
+
+SAMPLERS: dict[str, Callable] = {"nuts": run_nuts, "smc": run_smc}
 
 
 def check(sampler: Callable, p: posteriordb.Posterior, seed: int = 0) -> tuple[list, list]:

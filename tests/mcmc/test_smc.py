@@ -187,3 +187,17 @@ def test_eight_schools_default():
     rows = compare_replicates(res.particles, res.log_weights, ref)
     bad = [r for r in rows if abs(r[1]) >= 4.5 or abs(r[2] - 1) >= 0.1]
     assert not bad, rows
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"move": "nuts"}, r"SMC: move must be one of \['hmc', 'mala', 'rwm'\], got 'nuts'"),
+        ({"num_resampled": 3}, "SMC: num_resampled must divide the number of particles 10"),
+        ({"num_resampled": 5, "num_mcmc_steps": 2}, "SMC: waste-free SMC .* leave num_mcmc_steps"),
+        ({"correlation_threshold": 1.5}, r"SMC: correlation_threshold must be in \(0, 1\)"),
+    ],
+)
+def test_bad_options_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        mcmc.SMC(beta_bernoulli, num_particles=10, **kwargs)
