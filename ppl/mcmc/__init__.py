@@ -25,7 +25,8 @@ from .involutive import Involutive, hmc_involution, involutive, log_abs_det_jaco
 from .mh import independence, mh, random_walk
 from .model_mh import MH
 from .nuts import nuts
-from .smc import SMC, SMCResult, data_annealed_smc, systematic_resample, tempered_smc
+from .smc import SMCResult, SMCStages, data_annealed_smc, systematic_resample, tempered_smc
+from .smc_model import SMC
 
 __all__ = [
     "Kernel",
@@ -71,6 +72,7 @@ __all__ = [
     "systematic_resample",
     "SMC",
     "SMCResult",
+    "SMCStages",
     "to_arviz",
     "diagnose",
     "Diagnostics",
