@@ -6,8 +6,8 @@
   suite's time is XLA compiling small programs that then run for milliseconds; these two
   flags cut that compile time 3-6x. They change how fast a program runs, not what it
   computes (results agree with XLA's defaults to float32 rounding; XLA's CPU backend does
-  not enable fast math either way). ``PPL_TEST_XLA_OPT=1`` keeps XLA's defaults (CI's
-  slow step uses them: its tests run long programs).
+  not enable fast math either way). ``PPL_TEST_XLA_OPT=1`` keeps XLA's defaults (CI runs
+  every step, the slow one included, with the fast-compile flags).
 - JAX's persistent compilation cache in ``.cache/jax`` at the repository root (or
   ``PPL_TEST_JAX_CACHE``; ``0`` turns it off), for every compilation
   (``jax_persistent_cache_min_compile_time_secs = 0``): a second run of the suite reads
