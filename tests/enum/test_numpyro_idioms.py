@@ -16,6 +16,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import optax
+import pytest
 from numpyro import handlers
 from numpyro.contrib.funsor import config_enumerate, infer_discrete
 from numpyro.infer import SVI, Predictive, TraceEnum_ELBO, init_to_value
@@ -54,6 +55,7 @@ def _fit(loss):
     return guide, svi.run(jax.random.PRNGKey(0), 200, DATA, progress_bar=False)
 
 
+@pytest.mark.slow  # tutorial 07 runs the same in the notebooks step
 def test_gmm_tutorial_trains_the_same_and_decodes():
     _, theirs = _fit(TraceEnum_ELBO())
     guide, ours = _fit(ppl.objectives.elbo())

@@ -122,6 +122,7 @@ def test_a_mutant_after_any_composition_is_caught_long(case, data):
     _check_mutant(case, data)
 
 
+@pytest.mark.slow
 @settings(max_examples=2, derandomize=True, **SETTINGS)
 @given(kernel_cases(max_sites=3, max_leaves=3))
 def test_printed_source_is_the_tested_case(case):

@@ -68,6 +68,7 @@ def compiled_names(kernel, chains, method):
 DRIVER = ["jit(_fori_collect_loop)"]  # what NumPyro's driver re-jits on every run
 
 
+@pytest.mark.slow
 def test_second_hmc_run_compiles_only_numpyros_driver_loop():
     """One chain: the second run and the continuation each compile the driver's loop only
     (the search for a step size at ``init`` compiled again before it was cached)."""
