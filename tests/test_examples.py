@@ -134,8 +134,19 @@ def test_count_of_runnable_blocks():
         assert len(found.get(page, [])) >= 4, page
 
 
-@pytest.mark.parametrize("unit", sorted(units()))
+def readme_units():
+    """The README's units; the docs pages' run from test_examples_docs.py (a second file, so
+    pytest-xdist's ``--dist loadfile`` can run the two halves on different workers)."""
+    return sorted(u for u in units() if u.startswith("README.md#"))
+
+
+@pytest.mark.parametrize("unit", readme_units())
 def test_examples_run(unit, tmp_path, monkeypatch):
+    check_unit(unit, tmp_path, monkeypatch)
+
+
+def check_unit(unit, tmp_path, monkeypatch):
+    """Run ``unit`` in ``tmp_path`` (8 simulated devices in a subprocess where it needs them)."""
     monkeypatch.chdir(tmp_path)
     if unit in EIGHT_DEVICES:
         env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")

@@ -84,6 +84,7 @@ def _small(d_model=8):
     )
 
 
+@pytest.mark.slow  # (fast suite budget)
 def test_resume_is_bit_identical(tmp_path):
     obj = amortized_forward_kl(
         gmm_prior_simulator, latent="theta", data="x", prior=_gmm_prior2, num_problems=8

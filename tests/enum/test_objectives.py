@@ -96,6 +96,7 @@ OBJECTIVES = {
 }
 
 
+@pytest.mark.slow  # (fast suite budget)
 def test_every_objective_equals_the_hand_collapsed_model():
     """One compiled program over all objectives and 3 keys: enumerated == written out."""
     keys = jax.random.split(jax.random.PRNGKey(3), 3)

@@ -82,6 +82,7 @@ def _assert_partitioned(res, n):
         assert (reduces > 0) if n > 1 else (reduces == 0), (name, res[f"{name}_collectives"])
 
 
+@pytest.mark.slow  # (fast suite budget)
 def test_eight_devices_agree_with_one(tmp_path):
     """8 simulated devices, everything split 8 ways, against the plain one-device path
     (no context) in the same process."""
