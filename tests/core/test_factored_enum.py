@@ -24,36 +24,10 @@ from jax.scipy.stats import norm
 from numpyro.infer import TraceEnum_ELBO
 
 import ppl
+from benchmarks.enum_models import chain_guide, chain_model, chain_problem
 
 KEY = jax.random.PRNGKey(0)
 EXPECTATION = sys.modules["ppl.core.expectation"]
-
-
-def chain_model(x):
-    z = 0
-    for k in range(x.shape[0]):
-        z = numpyro.sample(f"z{k}", dist.Bernoulli(logits=0.5 * z - 0.2))
-        numpyro.sample(f"x{k}", dist.Normal(2.0 * z - 1.0, 1.0), obs=x[k])
-
-
-def chain_guide(infer):
-    """q(z_k | z_(k-1)) = Bernoulli(logits=phi_k + psi_k z_(k-1))."""
-
-    def guide(x):
-        phi = numpyro.param("phi", jnp.zeros(x.shape[0]))
-        psi = numpyro.param("psi", jnp.zeros(x.shape[0]))
-        z = 0
-        for k in range(x.shape[0]):
-            z = numpyro.sample(
-                f"z{k}", dist.Bernoulli(logits=phi[k] + psi[k] * z), infer=dict(infer)
-            )
-
-    return guide
-
-
-def chain_problem(K):
-    x = jnp.sin(jnp.arange(K) * 1.1)
-    return {"phi": jnp.linspace(-1.0, 1.0, K), "psi": jnp.linspace(0.5, -0.5, K)}, x
 
 
 def _log_bernoulli(z, logits):

@@ -43,18 +43,23 @@ class Particles(NamedTuple):
     weights: object = None
 
 
-def run_nuts(p: posteriordb.Posterior, key) -> dict:
-    """ppl's NUTS at its defaults in ``numpyro.infer.MCMC``, vectorized chains."""
+def _draws(kernel, p: posteriordb.Posterior, key, num_chains, num_samples) -> dict:
+    """``kernel`` in ``numpyro.infer.MCMC`` on ``p``, vectorized chains: draws by chain."""
     m = MCMC(
-        mcmc.NUTS(p.model),
+        kernel,
         num_warmup=NUM_WARMUP,
-        num_samples=NUM_DRAWS,
-        num_chains=NUM_CHAINS,
+        num_samples=num_samples,
+        num_chains=num_chains,
         chain_method="vectorized",
         progress_bar=False,
     )
     m.run(key, *p.args, **p.kwargs)
     return m.get_samples(group_by_chain=True)
+
+
+def run_nuts(p: posteriordb.Posterior, key) -> dict:
+    """ppl's NUTS at its defaults in ``numpyro.infer.MCMC``, vectorized chains."""
+    return _draws(mcmc.NUTS(p.model), p, key, NUM_CHAINS, NUM_DRAWS)
 
 
 CHEES_CHAINS, CHEES_DRAWS = 64, 200
@@ -62,16 +67,7 @@ CHEES_CHAINS, CHEES_DRAWS = 64, 200
 
 def run_chees(p: posteriordb.Posterior, key) -> dict:
     """ppl's ChEES-HMC at its defaults, 64 chains (an ensemble kernel: vectorized)."""
-    m = MCMC(
-        mcmc.ChEES(p.model),
-        num_warmup=NUM_WARMUP,
-        num_samples=CHEES_DRAWS,
-        num_chains=CHEES_CHAINS,
-        chain_method="vectorized",
-        progress_bar=False,
-    )
-    m.run(key, *p.args, **p.kwargs)
-    return m.get_samples(group_by_chain=True)
+    return _draws(mcmc.ChEES(p.model), p, key, CHEES_CHAINS, CHEES_DRAWS)
 
 
 SMC_RUNS, SMC_PARTICLES = 8, 1000
