@@ -41,8 +41,12 @@ def make_svi(m=model, optimizer=None):
     return SVI(m, guide, optimizer or optax.adam(1e-2), loss=obj.elbo())
 
 
+# one temporary root for the cases' files, removed when the test process exits
+_ROOT = tempfile.TemporaryDirectory(prefix="ppl-bad-inputs-")
+
+
 def folder() -> Path:
-    return Path(tempfile.mkdtemp(prefix="ppl-bad-inputs-"))
+    return Path(tempfile.mkdtemp(dir=_ROOT.name))
 
 
 @functools.cache
