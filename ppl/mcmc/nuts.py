@@ -199,9 +199,7 @@ def _transition(logdensity_fn, step_size, imm, max_num_doublings, divergence_thr
             return d + 1, prop, left, right, p_sum, num_states + n, ckpts, diverging, turning
 
         carry = (0, proposal, start, start, p, 0, ckpts, False, False)
-        _, prop, _, _, _, num_steps, _, diverging, _ = jax.lax.while_loop(
-            keep_going, double, carry
-        )
+        _, prop, _, _, _, num_steps, _, diverging, _ = jax.lax.while_loop(keep_going, double, carry)
         info = NUTSInfo(
             jnp.exp(prop.log_accept) / num_steps,
             jnp.any(prop.x != x),
