@@ -61,7 +61,10 @@ class KernelState(NamedTuple):
     """State of an adapted kernel; ``z`` (the unconstrained position) is the sample field.
     ``num_steps`` is the number of gradient evaluations (leapfrog steps) of the last
     iteration, as NumPyro's ``HMCState.num_steps`` (``None`` for a kernel that does not
-    count them): collect it with ``mcmc.run(..., extra_fields=("num_steps",))``."""
+    count them): collect it with ``mcmc.run(..., extra_fields=("num_steps",))``.
+    ``diverging`` whether that iteration diverged, as NumPyro's ``HMCState.diverging``
+    (``None`` for a kernel that does not report it; :class:`NUTS` collects it by default).
+    """
 
     i: jax.Array
     inner: Any
@@ -70,6 +73,7 @@ class KernelState(NamedTuple):
     mean_accept_prob: jax.Array
     rng_key: jax.Array
     num_steps: jax.Array | None = None
+    diverging: jax.Array | None = None
 
     @property
     def z(self):
@@ -247,6 +251,11 @@ class ModelKernel(MCMCKernel):
         state's ``num_steps``), or ``None`` where this kernel does not count them."""
         return None
 
+    def divergence(self, info) -> jax.Array | None:
+        """Whether the step that returned ``info`` diverged (the state's ``diverging``), or
+        ``None`` where this kernel does not report it."""
+        return None
+
     def init(self, rng_key, num_warmup, init_params=None, model_args=(), model_kwargs=None):
         model_kwargs = {} if model_kwargs is None else model_kwargs
         if self._model is None and self._potential_fn is None:
@@ -306,7 +315,8 @@ class ModelKernel(MCMCKernel):
         info = jax.eval_shape(self._build(logdensity_fn, adapt).step, key, inner)[1]
         counted = self.gradient_evaluations(info) is not None
         num_steps = jnp.zeros((), jnp.int32) if counted else None
-        return KernelState(jnp.array(0), inner, adapt, zero, zero, key, num_steps)
+        diverging = jnp.zeros((), bool) if self.divergence(info) is not None else None
+        return KernelState(jnp.array(0), inner, adapt, zero, zero, key, num_steps, diverging)
 
     def _refind_step_size(self, logdensity_fn, adapt: AdaptState, z) -> AdaptState:
         """Restart dual averaging from ``find_step_size``'s reasonable step size at z."""
@@ -351,7 +361,10 @@ class ModelKernel(MCMCKernel):
         num_steps = self.gradient_evaluations(info)
         if num_steps is not None:
             num_steps = jnp.asarray(num_steps, jnp.int32)
-        return KernelState(i, inner, adapt, accept_prob, mean_accept_prob, rng_key, num_steps)
+        diverging = self.divergence(info)
+        return KernelState(
+            i, inner, adapt, accept_prob, mean_accept_prob, rng_key, num_steps, diverging
+        )
 
     def sample(self, state, model_args, model_kwargs):
         if self._sample_fn is None:
@@ -534,5 +547,12 @@ class NUTS(_LeapfrogKernel):
     def build(self, logdensity_fn, step_size, inverse_mass_matrix=1.0):
         return nuts(logdensity_fn, step_size, inverse_mass_matrix, self._max_num_doublings)
 
+    @property
+    def default_fields(self):
+        return ("z", "diverging")  # as NumPyro's NUTS: print_summary counts divergences
+
     def gradient_evaluations(self, info):
         return info.num_steps
+
+    def divergence(self, info):
+        return info.is_divergent

@@ -133,6 +133,9 @@ class EnumGibbs(ModelKernel):
             return 0
         return self._inner.gradient_evaluations(info[1])
 
+    def divergence(self, info):
+        return self._inner.divergence(info[1]) if self._continuous else None
+
     def postprocess_fn(self, model_args, model_kwargs):
         model_kwargs = model_kwargs or {}
 

@@ -6,6 +6,8 @@ small step size (trees up to the maximum depth) and a large one (many divergence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro
+import numpyro.distributions as dist
 import pytest
 from jax.flatten_util import ravel_pytree
 
@@ -73,3 +75,30 @@ def test_nuts_transition_is_blackjaxs(step_size):
     # trees of many lengths (up to the maximum at the small ε), some divergent, not all
     assert n.min() >= 1 and n.max() <= 2**6 - 1 and len(np.unique(n)) >= 5
     assert bool(div.any()) and not bool(div.all())
+
+
+def normal_model():
+    numpyro.sample("x", dist.Normal(0.0, 1.0).expand([3]))
+
+
+@pytest.mark.parametrize("step_size, expected", [(500.0, 30), (0.05, 0)])
+def test_nuts_adapter_reports_divergences_like_numpyro(step_size, expected):
+    """``MCMC(ppl.mcmc.NUTS(model))`` collects ``diverging`` by default, as NumPyro's NUTS,
+    and ``diagnose`` counts it: at ε = 500 on a 3-d standard normal the first leapfrog
+    step's energy error is far above 1000 (below it only if all three momenta nearly
+    cancel the gradient kick), at ε = 0.05 no trajectory comes near."""
+    from numpyro.infer import MCMC
+
+    kernel = mcmc.NUTS(
+        normal_model,
+        step_size=step_size,
+        adapt_step_size=False,
+        adapt_mass_matrix=False,
+        max_num_doublings=4,
+    )
+    m = MCMC(kernel, num_warmup=0, num_samples=30, progress_bar=False)
+    m.run(jax.random.key(0))
+    diverging = np.asarray(m.get_extra_fields()["diverging"])
+    assert diverging.dtype == bool and diverging.shape == (30,)
+    assert diverging.sum() == expected
+    assert mcmc.diagnose(m, warn=False).num_divergences == expected
