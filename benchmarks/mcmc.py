@@ -1,23 +1,36 @@
-"""Effective samples per second: ppl.mcmc kernels vs NumPyro's HMC / NUTS, one process.
+"""Effective samples per second and per gradient: ppl.mcmc kernels vs NumPyro's HMC / NUTS.
 
-Eight schools (non-centered, posteriordb data). Each sampler runs through
-``numpyro.infer.MCMC`` (driver included); a first run compiles, the timed run repeats it
-with another key (run time only, ``block_until_ready``). "Driver excluded" times ppl's
-pure HMC kernel under ``jax.lax.scan`` at the adapted step size. ESS = ArviZ bulk ESS,
-minimum over all parameters. Writes ``benchmarks/MCMC_RESULTS.md``.
+Eight schools (non-centered, posteriordb data), 1 chain. Each sampler runs through
+``numpyro.infer.MCMC`` (driver included); a first run compiles, then ``--rounds`` timed runs
+repeat it with other keys, interleaved across samplers. NumPyro 0.22's driver re-jits its
+collection loop on every ``run`` (``tests/mcmc/test_recompilation.py``), so a run's wall time
+is mostly XLA compilation: JAX's own compile-duration events (tracing, lowering, backend
+compilation) are subtracted to give the run time with compilation excluded. ESS = ArviZ
+bulk ESS, minimum over all parameters; gradient evaluations = the sum of the
+``num_steps`` extra field over the draws (warm-up excluded). "Pure" times ppl's pure HMC
+kernel under ``jax.lax.scan`` at the adapted step size. ``--xla-small-loops`` adds the same
+table from a child process run with XLA's CPU flag that compiles while loops into single
+kernels. Writes ``benchmarks/MCMC_RESULTS.md``.
 
-    python -m benchmarks.mcmc [--quick]
+    python -m benchmarks.mcmc [--quick] [--rounds N] [--xla-small-loops]
 """
 
 from __future__ import annotations
 
+import argparse
+import collections
+import json
+import os
 import platform
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import arviz as az
 import jax
+import jax.monitoring
 import jax.numpy as jnp
 import numpy as np
 import numpyro
@@ -29,6 +42,17 @@ import ppl
 from models import posteriordb
 
 HERE = Path(__file__).parent
+SMALL_LOOPS = "--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=1000000000"
+
+_COMPILE_S = collections.defaultdict(float)
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, duration, **_: _COMPILE_S.__setitem__(event, _COMPILE_S[event] + duration)
+)
+_COMPILE_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
 
 
 def eight_schools(y, sigma):
@@ -48,25 +72,66 @@ def min_ess(samples: dict) -> float:
     return min(float(ess[k].min()) for k in ess.data_vars)
 
 
-def bench_driver(name, kernel, data, warmup, draws):
-    mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, progress_bar=False)
-    t0 = time.perf_counter()
-    mcmc.run(jax.random.PRNGKey(0), *data)
-    jax.block_until_ready(mcmc.get_samples())
-    first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    mcmc.run(jax.random.PRNGKey(1), *data)
-    samples = jax.block_until_ready(mcmc.get_samples())
-    run = time.perf_counter() - t0
-    ess = min_ess(samples)
+def samplers():
     return {
-        "sampler": name,
-        "first_call_s": first,
-        "run_s": run,
-        "min_ess": ess,
-        "ess_per_s": ess / run,
-        "mcmc": mcmc,
+        "NumPyro NUTS": lambda: NUTS(eight_schools),
+        "ppl NUTS": lambda: ppl.mcmc.NUTS(eight_schools),
+        "NumPyro HMC(num_steps=10)": lambda: HMC(
+            eight_schools, num_steps=10, trajectory_length=None
+        ),
+        "ppl HMC(num_steps=10)": lambda: ppl.mcmc.HMC(eight_schools, num_steps=10),
+        "ppl MALA": lambda: ppl.mcmc.MALA(eight_schools),
     }
+
+
+def timed_run(mcmc, key, data):
+    """(wall s, compile s, min ESS, gradient evaluations) of one ``MCMC.run``."""
+    _COMPILE_S.clear()
+    t0 = time.perf_counter()
+    mcmc.run(key, *data, extra_fields=("num_steps",))
+    samples = jax.block_until_ready(mcmc.get_samples())
+    wall = time.perf_counter() - t0
+    compile_s = sum(_COMPILE_S[e] for e in _COMPILE_EVENTS)
+    grads = int(np.sum(np.asarray(mcmc.get_extra_fields()["num_steps"])))
+    return wall, compile_s, min_ess(samples), grads
+
+
+def bench_drivers(data, warmup, draws, rounds):
+    """Per sampler: the medians over ``rounds`` interleaved timed runs."""
+    made = {name: make() for name, make in samplers().items()}
+    mcmcs, first = {}, {}
+    for name, kernel in made.items():
+        mcmcs[name] = MCMC(kernel, num_warmup=warmup, num_samples=draws, progress_bar=False)
+        t0 = time.perf_counter()
+        mcmcs[name].run(jax.random.PRNGKey(0), *data, extra_fields=("num_steps",))
+        jax.block_until_ready(mcmcs[name].get_samples())
+        first[name] = time.perf_counter() - t0
+    runs = {name: [] for name in made}
+    for r in range(rounds):
+        for name, mcmc in mcmcs.items():
+            runs[name].append(timed_run(mcmc, jax.random.PRNGKey(1 + r), data))
+    rows = []
+    for name, rs in runs.items():
+
+        def med(f, rs=rs):
+            return statistics.median(f(*x) for x in rs)
+
+        rows.append(
+            {
+                "sampler": name,
+                "first_call_s": first[name],
+                "wall_s": med(lambda w, c, e, g: w),
+                "compile_s": med(lambda w, c, e, g: c),
+                "run_s": med(lambda w, c, e, g: w - c),
+                "min_ess": med(lambda w, c, e, g: e),
+                "grads": med(lambda w, c, e, g: g),
+                "ess_per_s": med(lambda w, c, e, g: e / (w - c)),
+                "ess_per_grad": med(lambda w, c, e, g: e / g),
+                "us_per_iter": med(lambda w, c, e, g: (w - c) / (warmup + draws) * 1e6),
+            }
+        )
+    step = float(mcmcs["ppl HMC(num_steps=10)"].last_state.adapt.step_size)
+    return rows, step
 
 
 def bench_pure_hmc(step_size, data, draws):
@@ -91,71 +156,130 @@ def bench_pure_hmc(step_size, data, draws):
     run = time.perf_counter() - t0
     burn = draws // 5
     ess = min_ess({k: v[burn:] for k, v in positions.items()})
+    grads = 10 * (draws - burn)
     return {
         "sampler": "ppl hmc (pure, lax.scan)",
         "run_s": run,
         "min_ess": ess,
+        "grads": grads,
         "ess_per_s": ess / run,
+        "ess_per_grad": ess / grads,
+        "us_per_iter": run / draws * 1e6,
     }
 
 
-def main(quick: bool = False):
+def measure(quick: bool, rounds: int) -> dict:
     warmup, draws = (200, 500) if quick else (1000, 4000)
     data = load()
-    rows = [
-        bench_driver(
-            "ppl HMC(num_steps=10)", ppl.mcmc.HMC(eight_schools, num_steps=10), data, warmup, draws
-        ),
-        bench_driver(
-            "NumPyro HMC(num_steps=10)", HMC(eight_schools, num_steps=10), data, warmup, draws
-        ),
-        bench_driver("NumPyro NUTS", NUTS(eight_schools), data, warmup, draws),
-        bench_driver("ppl NUTS (BlackJAX)", ppl.mcmc.NUTS(eight_schools), data, warmup, draws),
-        bench_driver("ppl MALA", ppl.mcmc.MALA(eight_schools), data, warmup, draws),
-    ]
-    step = float(rows[0]["mcmc"].last_state.adapt.step_size)
-    pure = bench_pure_hmc(step, data, draws + draws // 4)
-    for r in rows:
-        r.pop("mcmc")
-    rows.append(pure)
-    ref = rows[1]["ess_per_s"]
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load_before = os.getloadavg()
+    rows, step = bench_drivers(data, warmup, draws, rounds)
+    rows.append(bench_pure_hmc(step, data, draws + draws // 4))
+    return {
+        "rows": rows,
+        "step": step,
+        "warmup": warmup,
+        "draws": draws,
+        "rounds": rounds,
+        "load": [load_before, os.getloadavg()],
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+
+
+def table(res: dict) -> list[str]:
+    ref = {r["sampler"]: r for r in res["rows"]}["NumPyro NUTS"]
     lines = [
-        "# MCMC: effective samples per second",
-        "",
-        f"Generated by `python -m benchmarks.mcmc` on {stamp}; "
-        f"{platform.processor() or platform.machine()}, jax {jax.__version__}, numpyro "
-        f"{numpyro.__version__}; eight schools (non-centered), 1 chain, {warmup} warm-up + "
-        f"{draws} draws; ESS = ArviZ bulk ESS, minimum over parameters; run time excludes "
-        "compilation (second call).",
-        "",
-        "| sampler | run s | first call s (compile incl.) | min ESS | ESS/s "
-        "| ESS/s vs NumPyro HMC |",
-        "|---|---|---|---|---|---|",
+        "| sampler | run s (compile excl.) | µs/iter | wall s (incl. compile) | first call s "
+        "| min ESS | grad evals | ESS/s | ESS/grad ×1000 | ESS/s vs NumPyro NUTS "
+        "| ESS/grad vs NumPyro NUTS |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    for r in res["rows"]:
+        wall = f"{r['wall_s']:.2f}" if "wall_s" in r else "n/a"
         first = f"{r['first_call_s']:.2f}" if "first_call_s" in r else "n/a"
         lines.append(
-            f"| {r['sampler']} | {r['run_s']:.2f} | {first} | {r['min_ess']:.0f} | "
-            f"{r['ess_per_s']:.0f} | {r['ess_per_s'] / ref:.2f} |"
+            f"| {r['sampler']} | {r['run_s']:.3f} | {r['us_per_iter']:.0f} | {wall} | {first} "
+            f"| {r['min_ess']:.0f} | {r['grads']:.0f} | {r['ess_per_s']:.0f} "
+            f"| {1000 * r['ess_per_grad']:.1f} | {r['ess_per_s'] / ref['ess_per_s']:.2f} "
+            f"| {r['ess_per_grad'] / ref['ess_per_grad']:.2f} |"
         )
+    (b1, b5, b15), (a1, a5, a15) = res["load"]
     lines += [
         "",
-        f"The pure-kernel row reuses ppl HMC's adapted step size ({step:.3f}) with no driver and "
-        "no adaptation (first fifth of the chain dropped); its ratio is not like for like. "
-        "The driver rows' run time is the second `MCMC.run` (warm-up + draws), which still "
-        "includes the driver's per-run work around the compiled kernel; the pure row shows "
-        "what the kernel itself costs. One chain and one seed per sampler: the ESS of a "
-        "fixed-length HMC depends strongly on the adapted step size (a near-periodic "
-        "trajectory mixes badly), so treat ratios between samplers as indicative.",
+        f"Load average (1/5/15 min) {b1:.2f}/{b5:.2f}/{b15:.2f} before, "
+        f"{a1:.2f}/{a5:.2f}/{a15:.2f} after; XLA_FLAGS=`{res['xla_flags'] or '(unset)'}`.",
+    ]
+    return lines
+
+
+def main(quick: bool = False, rounds: int = 3, small_loops: bool = False):
+    res = measure(quick, rounds)
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    lines = [
+        "# MCMC: effective samples per second and per gradient evaluation",
+        "",
+        f"Generated by `python -m benchmarks.mcmc` on {stamp}; "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, jax "
+        f"{jax.__version__}, numpyro {numpyro.__version__}; eight schools (non-centered), "
+        f"1 chain, {res['warmup']} warm-up + {res['draws']} draws; medians over "
+        f"{res['rounds']} timed runs per sampler (other keys than the compiling first call), "
+        "interleaved across samplers. ESS = ArviZ bulk ESS, minimum over parameters; grad "
+        "evals = sum of the `num_steps` extra field over the draws (warm-up excluded).",
+        "",
+        "NumPyro 0.22's `MCMC.run` re-jits its collection loop on every run, for every "
+        "kernel, so most of a run's wall time is XLA compilation. *Run s* subtracts the "
+        "compile time JAX reports for the run (its `/jax/core/compile/*` duration events: "
+        "tracing, lowering to MLIR, backend compilation): it is the run time with "
+        "compilation excluded (warm-up + draws + the driver's work), and ESS/s and µs/iter "
+        "use it.",
+        "",
+        *table(res),
+    ]
+    if small_loops:
+        env = {**os.environ, "XLA_FLAGS": SMALL_LOOPS}
+        cmd = [sys.executable, "-m", "benchmarks.mcmc", "--child", "--rounds", str(rounds)]
+        out = subprocess.run(
+            cmd + (["--quick"] if quick else []), env=env, capture_output=True, text=True
+        )
+        if out.returncode:
+            raise RuntimeError(out.stderr[-2000:])
+        child = json.loads(out.stdout.strip().splitlines()[-1])
+        lines += [
+            "",
+            "## With XLA's small-while-loop compilation",
+            "",
+            "XLA's CPU runtime runs the body of a `while` loop op by op (one thunk each), "
+            "except loops whose bytes accessed stay under a 1 kB threshold, which it "
+            f"compiles into one kernel; `XLA_FLAGS={SMALL_LOOPS}` raises the threshold so "
+            "the NUTS trajectory loops compile whole. The flag is process-wide (set before "
+            "JAX starts), so it speeds NumPyro's kernels as much as ppl's:",
+            "",
+            *table(child),
+        ]
+    lines += [
+        "",
+        f"The pure-kernel row reuses ppl HMC's adapted step size ({res['step']:.3f}) with no "
+        "driver and no adaptation (first fifth of the chain dropped, its gradients not "
+        "counted); it is not like for like. One chain: the ESS of a fixed-length HMC depends "
+        "strongly on the adapted step size (a near-periodic trajectory mixes badly; ppl's HMC "
+        "jitters ε by ±20%, NumPyro's does not), so treat ratios between samplers as "
+        "indicative.",
         "",
     ]
     md = "\n".join(lines)
     print(md)
     if not quick:
         (HERE / "MCMC_RESULTS.md").write_text(md)
-    return rows
+    return res
 
 
 if __name__ == "__main__":
-    main(quick="--quick" in sys.argv)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--xla-small-loops", action="store_true")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(args.quick, args.rounds)))
+    else:
+        main(args.quick, args.rounds, args.xla_small_loops)

@@ -58,7 +58,13 @@ class AdaptState(NamedTuple):
 
 
 class KernelState(NamedTuple):
-    """State of an adapted kernel; ``z`` (the unconstrained position) is the sample field."""
+    """State of an adapted kernel; ``z`` (the unconstrained position) is the sample field.
+    ``num_steps`` is the number of gradient evaluations (leapfrog steps) of the last
+    iteration, as NumPyro's ``HMCState.num_steps`` (``None`` for a kernel that does not
+    count them): collect it with ``mcmc.run(..., extra_fields=("num_steps",))``.
+    ``diverging`` whether that iteration diverged, as NumPyro's ``HMCState.diverging``
+    (``None`` for a kernel that does not report it; :class:`NUTS` collects it by default).
+    """
 
     i: jax.Array
     inner: Any
@@ -66,6 +72,8 @@ class KernelState(NamedTuple):
     accept_prob: jax.Array
     mean_accept_prob: jax.Array
     rng_key: jax.Array
+    num_steps: jax.Array | None = None
+    diverging: jax.Array | None = None
 
     @property
     def z(self):
@@ -238,6 +246,16 @@ class ModelKernel(MCMCKernel):
         """The acceptance probability that step-size adaptation steers to its target."""
         return summarize(info).acceptance_rate
 
+    def gradient_evaluations(self, info) -> jax.Array | None:
+        """Gradient evaluations of the log density in the step that returned ``info`` (the
+        state's ``num_steps``), or ``None`` where this kernel does not count them."""
+        return None
+
+    def divergence(self, info) -> jax.Array | None:
+        """Whether the step that returned ``info`` diverged (the state's ``diverging``), or
+        ``None`` where this kernel does not report it."""
+        return None
+
     def init(self, rng_key, num_warmup, init_params=None, model_args=(), model_kwargs=None):
         model_kwargs = {} if model_kwargs is None else model_kwargs
         if self._model is None and self._potential_fn is None:
@@ -293,7 +311,12 @@ class ModelKernel(MCMCKernel):
             adapt = self._refind_step_size(logdensity_fn, adapt, z)
         inner = self._build(logdensity_fn, adapt).init(z)
         zero = jnp.zeros((), jnp.result_type(float))
-        return KernelState(jnp.array(0), inner, adapt, zero, zero, key)
+        # a count field only for kernels that count (the info's structure, not its values)
+        info = jax.eval_shape(self._build(logdensity_fn, adapt).step, key, inner)[1]
+        counted = self.gradient_evaluations(info) is not None
+        num_steps = jnp.zeros((), jnp.int32) if counted else None
+        diverging = jnp.zeros((), bool) if self.divergence(info) is not None else None
+        return KernelState(jnp.array(0), inner, adapt, zero, zero, key, num_steps, diverging)
 
     def _refind_step_size(self, logdensity_fn, adapt: AdaptState, z) -> AdaptState:
         """Restart dual averaging from ``find_step_size``'s reasonable step size at z."""
@@ -335,7 +358,13 @@ class ModelKernel(MCMCKernel):
         i = state.i + 1
         n = jnp.where(warm, i, i - self._num_warmup)
         mean_accept_prob = state.mean_accept_prob + (accept_prob - state.mean_accept_prob) / n
-        return KernelState(i, inner, adapt, accept_prob, mean_accept_prob, rng_key)
+        num_steps = self.gradient_evaluations(info)
+        if num_steps is not None:
+            num_steps = jnp.asarray(num_steps, jnp.int32)
+        diverging = self.divergence(info)
+        return KernelState(
+            i, inner, adapt, accept_prob, mean_accept_prob, rng_key, num_steps, diverging
+        )
 
     def sample(self, state, model_args, model_kwargs):
         if self._sample_fn is None:
@@ -379,6 +408,9 @@ class RandomWalk(ModelKernel):
     def build(self, logdensity_fn, step_size, inverse_mass_matrix=1.0):
         return random_walk(logdensity_fn, step_size, inverse_mass_matrix)
 
+    def gradient_evaluations(self, info):
+        return 0
+
 
 class MALA(ModelKernel):
     """Metropolis-adjusted Langevin on a NumPyro model, step size tuned during warm-up to
@@ -397,6 +429,9 @@ class MALA(ModelKernel):
 
     def build(self, logdensity_fn, step_size, inverse_mass_matrix=1.0):
         return mala(logdensity_fn, step_size, inverse_mass_matrix)
+
+    def gradient_evaluations(self, info):
+        return 1  # at the proposal
 
     def find_step_size(self, logdensity_fn):
         # one MALA step of size ε is one leapfrog step of size h = √(2ε)
@@ -469,6 +504,9 @@ class HMC(_LeapfrogKernel):
             step_size_jitter=self._jitter,
         )
 
+    def gradient_evaluations(self, info):
+        return self._num_steps
+
 
 class NUTS(_LeapfrogKernel):
     """The No-U-Turn Sampler on a NumPyro model (BlackJAX's NUTS, see
@@ -508,3 +546,13 @@ class NUTS(_LeapfrogKernel):
 
     def build(self, logdensity_fn, step_size, inverse_mass_matrix=1.0):
         return nuts(logdensity_fn, step_size, inverse_mass_matrix, self._max_num_doublings)
+
+    @property
+    def default_fields(self):
+        return ("z", "diverging")  # as NumPyro's NUTS: print_summary counts divergences
+
+    def gradient_evaluations(self, info):
+        return info.num_steps
+
+    def divergence(self, info):
+        return info.is_divergent

@@ -60,7 +60,7 @@ def summarize(info: Any) -> Info:
     ``acceptance_rate`` is the mean over the inner steps, ``is_accepted`` whether any
     inner step moved. Example: ``summarize(cycle(k1, k2).step(key, s)[1])``.
     """
-    if isinstance(info, Info):
+    if isinstance(info, Info) or hasattr(info, "acceptance_rate"):  # Info, NUTSInfo
         return Info(jnp.mean(info.acceptance_rate), jnp.any(info.is_accepted))
     parts = [summarize(i) for i in info]
     return Info(

@@ -425,7 +425,9 @@ class ChEESState(NamedTuple):
     """State of :class:`ChEES` over all chains: the iteration ``i``, the chains' states
     (leading axis; ``z`` is the unconstrained position), the shared adaptation state, each
     chain's last acceptance probability and divergence, the phase's mean acceptance, and
-    one ``rng_key`` (NumPyro's ensemble-kernel convention)."""
+    one ``rng_key`` (NumPyro's ensemble-kernel convention), and each chain's leapfrog steps
+    (gradient evaluations) in the last iteration, ``num_steps`` (the shared jittered count,
+    as NumPyro's ``HMCState.num_steps``; collect it with ``extra_fields=("num_steps",)``)."""
 
     i: jax.Array
     inner: GradState
@@ -434,6 +436,7 @@ class ChEESState(NamedTuple):
     diverging: jax.Array
     mean_accept_prob: jax.Array
     rng_key: jax.Array
+    num_steps: jax.Array
 
     @property
     def z(self):
@@ -587,7 +590,14 @@ class ChEES(ModelKernel):
         zeros = jnp.zeros(num_chains, jnp.result_type(float))
         self._sample_fn = self.sample
         return ChEESState(
-            jnp.array(0), inner, adapt, zeros, zeros > 0, jnp.zeros_like(zeros[0]), key
+            jnp.array(0),
+            inner,
+            adapt,
+            zeros,
+            zeros > 0,
+            jnp.zeros_like(zeros[0]),
+            key,
+            jnp.zeros(num_chains, jnp.int32),
         )
 
     def sample(self, state, model_args, model_kwargs):
@@ -614,5 +624,12 @@ class ChEES(ModelKernel):
         accept = jnp.mean(info.acceptance_rate)
         mean_accept_prob = state.mean_accept_prob + (accept - state.mean_accept_prob) / n
         return ChEESState(
-            i, inner, adapt, info.acceptance_rate, info.is_divergent, mean_accept_prob, rng_key
+            i,
+            inner,
+            adapt,
+            info.acceptance_rate,
+            info.is_divergent,
+            mean_accept_prob,
+            rng_key,
+            jnp.asarray(info.num_integration_steps, jnp.int32),
         )

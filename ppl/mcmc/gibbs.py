@@ -128,6 +128,14 @@ class EnumGibbs(ModelKernel):
             return jnp.asarray(1.0)
         return jnp.mean(info[1].acceptance_rate)
 
+    def gradient_evaluations(self, info):
+        if not self._continuous:
+            return 0
+        return self._inner.gradient_evaluations(info[1])
+
+    def divergence(self, info):
+        return self._inner.divergence(info[1]) if self._continuous else None
+
     def postprocess_fn(self, model_args, model_kwargs):
         model_kwargs = model_kwargs or {}
 

@@ -71,7 +71,11 @@ def test_short_funnel_run_warns():
 def test_well_mixed_eight_schools_is_quiet():
     data, _ = posteriordb.load("eight_schools-eight_schools_noncentered")
     y, sigma = jnp.array(data["y"]), jnp.array(data["sigma"])
-    m = run(mcmc.NUTS(eight_schools), y, sigma, warmup=1000, draws=2000, chains=4)
+    # NUTS reports divergences (as NumPyro's): at the default target acceptance 0.8 both
+    # ppl's and NumPyro's NUTS diverge a few times per 8000 draws here (measured 0-5 over
+    # seeds 0-3), which diagnose rightly reports; smaller steps remove them
+    kernel = mcmc.NUTS(eight_schools, target_accept_prob=0.95)
+    m = run(kernel, y, sigma, warmup=1000, draws=2000, chains=4)
     with warnings.catch_warnings():
         warnings.simplefilter("error", mcmc.MixingWarning)
         report = mcmc.diagnose(m)
