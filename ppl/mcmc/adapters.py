@@ -79,6 +79,57 @@ class KernelState(NamedTuple):
     def z(self):
         return self.inner.position
 
+    @property
+    def potential_energy(self):
+        """−log density at ``z``, as NumPyro's ``HMCState.potential_energy``."""
+        return -self.inner.logdensity
+
+    @property
+    def z_grad(self):
+        """Gradient of the potential energy at ``z``, as NumPyro's ``HMCState.z_grad``."""
+        return jax.tree.map(jnp.negative, self.inner.logdensity_grad)
+
+    @property
+    def adapt_state(self):
+        """The adaptation state, under NumPyro's name (``"adapt_state.step_size"``)."""
+        return self.adapt
+
+    def __getattr__(self, name):
+        # reached only for a name that is not a field or property (or whose property does
+        # not apply to this kernel): NumPyro's extra_fields lookup would otherwise fall back
+        # to indexing the tuple and raise "tuple indices must be integers"
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise ValueError(
+            f"this ppl kernel's state has no field {name!r} to collect; its fields are "
+            f"{list(self._fields)} and potential_energy, z_grad, adapt_state (gradient "
+            "kernels); num_steps / diverging are None where a kernel does not report them"
+        )
+
+
+def numpyro_options(who: str, options: dict) -> None:
+    """Check the other NumPyro ``HMC`` / ``NUTS`` keywords, for a drop-in swap of the kernel:
+    their defaults, and ``find_heuristic_step_size`` (ppl runs that search anyway, at the
+    start of every adaptation window), are accepted; what ppl cannot do is refused by name.
+    """
+    known = {"kinetic_fn", "dense_mass", "forward_mode_differentiation", "find_heuristic_step_size"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"{who}() got unexpected keyword arguments {unknown}")
+    if options.get("kinetic_fn") is not None:
+        raise ValueError(f"{who}: kinetic_fn is not supported (Euclidean kinetic energy only)")
+    dense = options.get("dense_mass", False)
+    if dense is not False:
+        raise ValueError(
+            f"{who}: dense_mass={dense!r} is not supported: the mass matrix is diagonal"
+            " (ppl.mcmc.ChEES(model, dense_mass=True) estimates a dense metric from its"
+            " chains; or use NumPyro's own kernel)"
+        )
+    if options.get("forward_mode_differentiation", False):
+        raise ValueError(f"{who}: forward_mode_differentiation=True is not supported")
+    if not isinstance(options.get("find_heuristic_step_size", False), bool):
+        raise ValueError(f"{who}: find_heuristic_step_size must be a bool")
+
 
 class ModelKernel(MCMCKernel):
     """Base of the NumPyro adapters: a subclass gives ``build(logdensity_fn, step_size)``
@@ -110,6 +161,7 @@ class ModelKernel(MCMCKernel):
         init_strategy: Callable = init_to_uniform,
         adapt_mass_matrix: bool | None = None,
         inverse_mass_matrix: jax.Array | None = None,
+        regularize_mass_matrix: bool = True,
     ):
         if model is not None and potential_fn is not None:
             raise ValueError("Give one of `model` or `potential_fn`, not both.")
@@ -125,6 +177,7 @@ class ModelKernel(MCMCKernel):
             raise ValueError(f"{type(self).__name__} takes no mass matrix to adapt")
         self._adapt_mass_matrix = adapt_mass_matrix
         self._inverse_mass_matrix = inverse_mass_matrix
+        self._regularize_mass_matrix = bool(regularize_mass_matrix)
         if target_accept_prob is not None:
             self.target_accept_prob = target_accept_prob
         self._init_strategy = init_strategy
@@ -157,6 +210,7 @@ class ModelKernel(MCMCKernel):
             adapt_mass_matrix=self._adapt_mass_matrix,
             dense_mass=False,
             target_accept_prob=self.target_accept_prob,
+            regularize_mass_matrix=self._regularize_mass_matrix,
         )
 
     @property
@@ -459,6 +513,10 @@ class HMC(_LeapfrogKernel):
     tuned value: with a fixed ε·L, a well-preconditioned near-Gaussian posterior can make
     trajectories near-periodic (measured on a 5-d Gaussian: min ESS 8–65 of 2000 draws in
     3 of 8 runs without jitter, ≥ 382 in all 8 with it). ``step_size_jitter=0`` turns it off.
+    NumPyro's keywords work for a drop-in swap (``regularize_mass_matrix``,
+    ``find_heuristic_step_size``, ``trajectory_length`` with ``num_steps`` given); those ppl
+    cannot honour (``dense_mass=True``, ``kinetic_fn``, ``forward_mode_differentiation``, an
+    adaptive step count from ``trajectory_length`` alone) raise a ``ValueError``.
 
     Example::
 
@@ -471,7 +529,7 @@ class HMC(_LeapfrogKernel):
         model: Callable | None = None,
         potential_fn: Callable | None = None,
         step_size: float = 0.1,
-        num_steps: int = 10,
+        num_steps: int | None = 10,
         adjusted: bool = True,
         adapt_step_size: bool = True,
         target_accept_prob: float | None = None,
@@ -479,7 +537,12 @@ class HMC(_LeapfrogKernel):
         adapt_mass_matrix: bool | None = None,
         inverse_mass_matrix: jax.Array | None = None,
         step_size_jitter: float = 0.2,
+        *,
+        trajectory_length: float | None = None,
+        regularize_mass_matrix: bool = True,
+        **numpyro_kwargs,
     ):
+        numpyro_options("ppl.mcmc.HMC", numpyro_kwargs)
         super().__init__(
             model,
             potential_fn,
@@ -489,7 +552,16 @@ class HMC(_LeapfrogKernel):
             init_strategy,
             adapt_mass_matrix,
             inverse_mass_matrix,
+            regularize_mass_matrix,
         )
+        if num_steps is None:
+            if trajectory_length is not None:
+                raise ValueError(
+                    "ppl.mcmc.HMC: a trajectory_length with num_steps=None (NumPyro's"
+                    " adaptive step count) is not supported: give num_steps (e.g."
+                    " round(trajectory_length / step_size)), or use ppl.mcmc.NUTS"
+                )
+            num_steps = 10
         self._num_steps = count(num_steps, "num_steps", "HMC")
         self._adjusted = adjusted
         self._jitter = jitter_fraction(step_size_jitter, "HMC")
@@ -512,7 +584,13 @@ class NUTS(_LeapfrogKernel):
     """The No-U-Turn Sampler on a NumPyro model (BlackJAX's NUTS, see
     :func:`ppl.mcmc.nuts`): path length chosen per step, step size tuned during warm-up
     to ``target_accept_prob`` (default 0.8) and a diagonal inverse mass matrix estimated
-    in Stan's windows (NumPyro's ``warmup_adapter``), as NumPyro's ``NUTS``.
+    in Stan's windows (NumPyro's ``warmup_adapter``), as NumPyro's ``NUTS``. NumPyro's
+    keywords work for a drop-in swap: ``max_tree_depth`` (= ``max_num_doublings``),
+    ``regularize_mass_matrix``, ``find_heuristic_step_size``, ``trajectory_length``
+    (ignored, as NumPyro's NUTS does); ``dense_mass=True``, ``kinetic_fn`` and
+    ``forward_mode_differentiation`` raise a ``ValueError``. ``extra_fields`` takes
+    NumPyro's names: ``potential_energy``, ``z_grad``, ``accept_prob``, ``mean_accept_prob``,
+    ``num_steps``, ``diverging``, ``adapt_state.step_size``.
 
     Example::
 
@@ -531,7 +609,13 @@ class NUTS(_LeapfrogKernel):
         init_strategy: Callable = init_to_uniform,
         adapt_mass_matrix: bool | None = None,
         inverse_mass_matrix: jax.Array | None = None,
+        *,
+        max_tree_depth: int | None = None,
+        regularize_mass_matrix: bool = True,
+        trajectory_length: float | None = None,
+        **numpyro_kwargs,
     ):
+        numpyro_options("ppl.mcmc.NUTS", numpyro_kwargs)
         super().__init__(
             model,
             potential_fn,
@@ -541,7 +625,21 @@ class NUTS(_LeapfrogKernel):
             init_strategy,
             adapt_mass_matrix,
             inverse_mass_matrix,
+            regularize_mass_matrix,
         )
+        if max_tree_depth is not None:  # NumPyro's name for the same bound
+            if isinstance(max_tree_depth, tuple):
+                raise ValueError(
+                    "ppl.mcmc.NUTS: max_tree_depth takes one depth, not a (warm-up, sampling)"
+                    f" pair {max_tree_depth}"
+                )
+            if max_num_doublings not in (10, max_tree_depth):
+                raise ValueError(
+                    f"ppl.mcmc.NUTS: max_tree_depth={max_tree_depth} and max_num_doublings="
+                    f"{max_num_doublings} name the same bound; give one"
+                )
+            max_num_doublings = max_tree_depth
+        del trajectory_length  # NumPyro's NUTS ignores it too (an HMC option)
         self._max_num_doublings = count(max_num_doublings, "max_num_doublings", "NUTS")
 
     def build(self, logdensity_fn, step_size, inverse_mass_matrix=1.0):

@@ -1,0 +1,112 @@
+"""Swapping NumPyro's HMC / NUTS for ppl's: NumPyro's keywords and extra-field names work,
+what ppl cannot honour is refused by name."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from numpyro.infer import MCMC
+from numpyro.infer.util import potential_energy
+
+from ppl import mcmc
+
+Y = jnp.array([0.3, -1.2, 2.1, 0.8])
+
+
+def model(y):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 2.0))
+    numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+
+def run(kernel, extra_fields=(), num_warmup=100, num_samples=50, seed=0):
+    m = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, progress_bar=False)
+    m.run(jax.random.PRNGKey(seed), Y, extra_fields=extra_fields)
+    return m
+
+
+def test_numpyro_extra_field_names():
+    """potential_energy / z_grad are −log p and its gradient at each draw (checked against
+    NumPyro's potential_energy), the adapted step size is fixed after warm-up, acceptance
+    probabilities are probabilities, num_steps and diverging are collected."""
+    fields = (
+        "potential_energy",
+        "z_grad",
+        "accept_prob",
+        "mean_accept_prob",
+        "num_steps",
+        "diverging",
+        "adapt_state.step_size",
+    )
+    m = run(mcmc.NUTS(model), extra_fields=fields)
+    extra, mu = m.get_extra_fields(), m.get_samples()["mu"]
+    pe = jax.vmap(lambda v: potential_energy(model, (Y,), {}, {"mu": v}))(mu)
+    grad = jax.vmap(jax.grad(lambda v: potential_energy(model, (Y,), {}, {"mu": v})))(mu)
+    np.testing.assert_allclose(extra["potential_energy"], pe, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(extra["z_grad"]["mu"], grad, rtol=1e-4, atol=1e-4)
+    step = np.asarray(extra["adapt_state.step_size"])
+    assert step.shape == (50,) and np.all(step == step[0]) and step[0] > 0
+    accept = np.asarray(extra["accept_prob"])
+    assert np.all((accept >= 0) & (accept <= 1)) and np.ptp(accept) > 0
+    assert np.all(np.asarray(extra["num_steps"]) >= 1)
+    assert extra["diverging"].dtype == bool
+
+
+def test_unknown_extra_field_is_named():
+    with pytest.raises(ValueError, match="no field 'energy'"):
+        run(mcmc.HMC(model, num_steps=3), extra_fields=("energy",), num_warmup=5, num_samples=5)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: mcmc.NUTS(model, dense_mass=True), "dense_mass"),
+        (lambda: mcmc.HMC(model, dense_mass=[("mu",)]), "dense_mass"),
+        (lambda: mcmc.NUTS(model, kinetic_fn=lambda m, r: 0.0), "kinetic_fn"),
+        (lambda: mcmc.NUTS(model, forward_mode_differentiation=True), "forward_mode"),
+        (lambda: mcmc.NUTS(model, max_tree_depth=(8, 10)), "one depth"),
+        (lambda: mcmc.NUTS(model, max_tree_depth=4, max_num_doublings=6), "same bound"),
+        (lambda: mcmc.HMC(model, num_steps=None, trajectory_length=1.0), "trajectory_length"),
+    ],
+)
+def test_numpyro_options_ppl_cannot_honour_are_refused(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_misspelt_keyword_is_named():
+    with pytest.raises(TypeError, match="max_tree_dept"):
+        mcmc.NUTS(model, max_tree_dept=5)
+
+
+def test_numpyro_defaults_are_accepted():
+    """The keywords a NumPyro call passes with their defaults build a kernel."""
+    kw = dict(
+        kinetic_fn=None,
+        dense_mass=False,
+        forward_mode_differentiation=False,
+        find_heuristic_step_size=True,
+        regularize_mass_matrix=True,
+    )
+    mcmc.NUTS(model, max_tree_depth=10, trajectory_length=None, **kw)
+    mcmc.HMC(model, num_steps=5, trajectory_length=6.28, **kw)
+
+
+@pytest.mark.slow
+def test_max_tree_depth_is_max_num_doublings():
+    """Same key: max_tree_depth=2 gives max_num_doublings=2's draws, at most 3 steps each."""
+    a = run(mcmc.NUTS(model, max_tree_depth=2), extra_fields=("num_steps",))
+    b = run(mcmc.NUTS(model, max_num_doublings=2))
+    np.testing.assert_array_equal(a.get_samples()["mu"], b.get_samples()["mu"])
+    assert int(np.max(a.get_extra_fields()["num_steps"])) <= 3
+
+
+@pytest.mark.slow
+def test_regularize_mass_matrix_reaches_the_adapter():
+    """Stan's shrinkage (n/(n+5)) var + 1e-3 (5/(n+5)) is applied only when asked."""
+    inv = {}
+    for flag in (True, False):
+        m = run(mcmc.NUTS(model, regularize_mass_matrix=flag), num_warmup=200)
+        inv[flag] = float(m.last_state.adapt.inverse_mass_matrix[0])
+    assert inv[True] != inv[False]
