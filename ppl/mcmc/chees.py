@@ -29,6 +29,7 @@ from numpyro.infer.initialization import init_to_uniform
 from numpyro.util import is_prng_key
 
 from ..core.arguments import count
+from . import ensemble_metric
 from .adapters import ModelKernel, _leapfrog_step_size
 from .base import GradState, Info, Kernel
 from .gradient import _grad_init
@@ -65,13 +66,30 @@ def _hmc_transition(logdensity_fn, divergence_threshold):
 
     def transition(key, state, step_size, inverse_mass_matrix, num_steps):
         x, _ = ravel_pytree(state.position)
-        inv_mass = jnp.broadcast_to(jnp.asarray(inverse_mass_matrix, x.dtype), x.shape)
+        inv_mass = jnp.asarray(inverse_mass_matrix, x.dtype)
+        if inv_mass.ndim < 2:  # scalar or diagonal; a (d, d) matrix is a dense metric
+            inv_mass = jnp.broadcast_to(inv_mass, x.shape)
         new, info = kernel(
             key, bj_hmc.HMCState(*state), logdensity_fn, step_size, inv_mass, num_steps
         )
-        return GradState(*new), info
+        return _reject_non_finite(state, GradState(*new), info)
 
     return transition
+
+
+def _reject_non_finite(state, new, info):
+    """A proposal whose energy is not finite is a divergence, rejected. BlackJAX 1.7 maps
+    only a NaN energy difference to rejection; with a dense metric the kinetic energy pᵀΣp/2
+    of an overflowing momentum can round to −∞ (a sum of ±∞ terms), and such proposals
+    (log density −1e260 on arma11's explosive region) were accepted with probability 1."""
+    ok = jnp.isfinite(info.energy)
+    new = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, state)
+    info = info._replace(
+        acceptance_rate=jnp.where(ok, info.acceptance_rate, 0.0),
+        is_accepted=info.is_accepted & ok,
+        is_divergent=info.is_divergent | ~ok,
+    )
+    return new, info
 
 
 def chees(
@@ -177,6 +195,7 @@ def chees_warmup(
     mass_matrix_window_fraction: float = 0.5,
     length_floor: bool = True,
     divergence_threshold: float = 1000.0,
+    dense_mass_matrix: bool = True,
 ) -> ChEESWarmup:
     """ChEES-HMC's warm-up, one iteration at a time: all chains take one jittered HMC step
     with the shared Halton jitter u = halton(t); ε follows dual averaging of the chains'
@@ -217,6 +236,7 @@ def chees_warmup(
             f"got {target_acceptance_rate!r}"
         )
     floor = adapt_mass_matrix and length_floor
+    dense = adapt_mass_matrix and dense_mass_matrix
     optim = optax.adam(learning_rate, b1=0.0, b2=0.95)
     init, update = bj.base(
         halton, lambda i: i + 1, optim, target_acceptance_rate, decay_rate, max_leapfrog_steps
@@ -224,6 +244,7 @@ def chees_warmup(
     wc_init, wc_update, _ = welford_algorithm(is_diagonal_matrix=True)
     window_start = int(mass_matrix_window_fraction * num_warmup) if adapt_mass_matrix else None
     transition = _hmc_transition(logdensity_fn, divergence_threshold)
+    window_ends = ensemble_metric.window_ends(num_warmup)
 
     def start(step_size, states, trajectory_length=None, inverse_mass_matrix=None):
         flat = jax.vmap(lambda p: ravel_pytree(p)[0])(states.position)
@@ -236,11 +257,14 @@ def chees_warmup(
             )
         imm = 1.0 if adapt_mass_matrix or inverse_mass_matrix is None else inverse_mass_matrix
         imm = jnp.broadcast_to(jnp.asarray(imm, step_size.dtype), (num_dim,))
+        if dense:
+            imm = jnp.eye(num_dim, dtype=step_size.dtype)
         welford = moments = eig = None
         if adapt_mass_matrix:
             welford = wc_init(num_dim)
-        if floor:
+        if floor or dense:
             moments = MomentBlock(jnp.zeros(()), jnp.zeros(num_dim), jnp.zeros((num_dim, num_dim)))
+        if floor:
             eig = bj._eig_state_init(num_dim)
         params = ChEESParameters(step_size, state.trajectory_length, imm)
         idle = jnp.zeros(num_chains, jnp.int32)
@@ -252,12 +276,16 @@ def chees_warmup(
     def inverse_mass(adapt, num_dim):
         if adapt.welford is None:  # fixed (identity unless given to ``start``)
             return adapt.parameters.inverse_mass_matrix
+        if dense:  # set at the ends of the metric windows (``ensemble_metric.end_window``)
+            return adapt.parameters.inverse_mass_matrix
         return bj._diagonal_mass_matrix_or_fallback(adapt.welford, threshold(num_dim), num_dim)
 
-    def consumed_length(length, step_size, welford, eig, num_dim):
+    def consumed_length(length, step_size, welford, eig, num_dim, moments=None):
         if not floor:
             return length
         engaged = welford.sample_size >= threshold(num_dim)
+        if dense:
+            engaged = ensemble_metric.engaged(moments, num_dim)
         return bj._apply_length_floor(
             length, eig.lambda_max, engaged, True, max_leapfrog_steps, step_size
         )[0]
@@ -268,10 +296,10 @@ def chees_warmup(
         length = jnp.exp(c.log_trajectory_length_moving_average)
         imm = inverse_mass(adapt, num_dim)
         if floor:
-            eig = bj._recompute_eig_state(
+            eig = ensemble_metric.recompute_eig_state(
                 adapt.moments, imm, adapt.eig, bj._LENGTH_FLOOR_FINAL_POWER_ITERATIONS
             )
-            length = consumed_length(length, step_size, adapt.welford, eig, num_dim)
+            length = consumed_length(length, step_size, adapt.welford, eig, num_dim, adapt.moments)
         return ChEESParameters(step_size, length, imm)
 
     def step(key, t, states, adapt):
@@ -302,19 +330,31 @@ def chees_warmup(
     def adapt_update(t, states, new, info, adapt):
         num_dim = adapt.parameters.inverse_mass_matrix.shape[0]
         imm = adapt.parameters.inverse_mass_matrix
-        chees_state = update(
-            adapt.chees,
+        proposal, momentum, initial, criterion_imm = (
             info.proposal.position,
             info.proposal.momentum,
             states.position,
+            imm,
+        )
+        if imm.ndim == 2:  # BlackJAX whitens by a diagonal: hand it whitened coordinates
+            flat = jax.vmap(lambda p: ravel_pytree(p)[0])
+            to_white, velocity_to_white = ensemble_metric.whitening(imm)
+            proposal, initial = to_white(flat(proposal)), to_white(flat(initial))
+            momentum = velocity_to_white(flat(momentum))
+            criterion_imm = jnp.ones(num_dim, imm.dtype)
+        chees_state = update(
+            adapt.chees,
+            proposal,
+            momentum,
+            initial,
             info.acceptance_rate,
             info.is_divergent,
-            imm,
+            criterion_imm,
         )
         idle = jnp.where(info.is_accepted, 0, adapt.idle + 1)
         adapt = adapt._replace(chees=chees_state, idle=idle)
         if adapt_mass_matrix:
-            in_window = t >= window_start
+            in_window = (t >= window_start) | dense
             x_new = jax.vmap(lambda p: ravel_pytree(p)[0])(new.position)
 
             def fold(acc):
@@ -322,22 +362,33 @@ def chees_warmup(
 
             welford = jax.lax.cond(in_window, fold, lambda a: a, adapt.welford)
             adapt = adapt._replace(welford=welford)
-            if floor:
+            if floor or dense:
                 moments = jax.lax.cond(
                     in_window, lambda a: cgl_update_batch(a, x_new), lambda a: a, adapt.moments
                 )
+                adapt = adapt._replace(moments=moments)
+            if floor:
                 recompute = in_window & (t % bj._LENGTH_FLOOR_RECOMPUTE_INTERVAL == 0)
+                if dense:
+                    recompute = recompute & ensemble_metric.engaged(moments, num_dim)
                 eig = jax.lax.cond(
                     recompute,
-                    lambda e: bj._recompute_eig_state(moments, imm, e),
+                    lambda e: ensemble_metric.recompute_eig_state(moments, imm, e),
                     lambda e: e,
                     adapt.eig,
                 )
                 adapt = adapt._replace(moments=moments, eig=eig)
+        if dense:
+            adapt = jax.lax.cond(
+                jnp.any(t == window_ends),
+                lambda a: ensemble_metric.end_window(a, num_dim),
+                lambda a: a,
+                adapt,
+            )
         c = adapt.chees
         next_imm = inverse_mass(adapt, num_dim)
         next_length = consumed_length(
-            c.trajectory_length, c.step_size, adapt.welford, adapt.eig, num_dim
+            c.trajectory_length, c.step_size, adapt.welford, adapt.eig, num_dim, adapt.moments
         )
         params = ChEESParameters(c.step_size, next_length, next_imm)
         params = jax.lax.cond(
