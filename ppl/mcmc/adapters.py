@@ -37,6 +37,7 @@ from numpyro.util import _is_under_jax_transform, identity, is_prng_key
 
 from ..core.arguments import count
 from .base import Kernel, summarize
+from .ensemble_rescue import rescue_vectorized
 from .gradient import hmc, jitter_fraction, mala
 from .mh import random_walk
 from .nuts import nuts
@@ -340,8 +341,12 @@ class ModelKernel(MCMCKernel):
     def sample(self, state, model_args, model_kwargs):
         if self._sample_fn is None:
             raise RuntimeError("`init` must be called before `sample`.")
-        t = state.i if jnp.ndim(state.i) == 0 else state.i[0]
-        return self._sample_fn(state, model_args, model_kwargs, t)
+        if jnp.ndim(state.i) == 0:
+            return self._sample_fn(state, model_args, model_kwargs, state.i)
+        # vectorized chains: warm-up rescue of lost chains (``ensemble_rescue``)
+        t = state.i[0]
+        new = self._sample_fn(state, model_args, model_kwargs, t)
+        return rescue_vectorized(new, t, self._num_warmup)
 
 
 def _leapfrog_step_size(logdensity_fn: Callable) -> Callable:

@@ -3,7 +3,8 @@ iteration and, during warm-up, tuned across many parallel chains.
 
 Three layers, all on BlackJAX (``blackjax.mcmc.hmc`` for the transition,
 ``blackjax.adaptation.chees_adaptation`` for the ChEES criterion, dual averaging, Adam on
-log T, the ensemble diagonal mass matrix and its slow-direction length floor):
+log T, the ensemble diagonal mass matrix and its slow-direction length floor; a dense
+ensemble metric in :mod:`ppl.mcmc.ensemble_metric` by default):
 
 - :func:`chees`, a pure kernel: one HMC transition with ⌈u·T/ε⌉ leapfrog steps;
 - :func:`chees_adaptation`, the pure many-chain warm-up (``lax.scan`` of :func:`chees_warmup`);
@@ -12,7 +13,8 @@ log T, the ensemble diagonal mass matrix and its slow-direction length floor):
 BlackJAX's ``chees_adaptation(...).run`` is one ``lax.scan`` over the whole warm-up; here the
 same iteration is exposed step by step (``chees_warmup``) so NumPyro's driver can call it
 once per warm-up iteration (a test checks it reproduces BlackJAX's ``run``), plus one
-addition: chains that stop moving early in warm-up restart from moving ones.
+addition: chains that stop moving early in warm-up, or are lost far below the others' log
+density (:mod:`ppl.mcmc.ensemble_rescue`), restart from healthy ones.
 BlackJAX is imported when something is built, so ``import ppl`` does not need it.
 """
 
@@ -29,7 +31,7 @@ from numpyro.infer.initialization import init_to_uniform
 from numpyro.util import is_prng_key
 
 from ..core.arguments import count
-from . import ensemble_metric
+from . import ensemble_metric, ensemble_rescue
 from .adapters import ModelKernel, _leapfrog_step_size
 from .base import GradState, Info, Kernel
 from .gradient import _grad_init
@@ -147,8 +149,9 @@ def _check_positive(value, name, who):
 
 
 class ChEESParameters(NamedTuple):
-    """What the jittered HMC kernel uses: step size ε, trajectory length T and the diagonal
-    inverse mass matrix (flattened position); ``chees(logdensity_fn, *params)`` builds it."""
+    """What the jittered HMC kernel uses: step size ε, trajectory length T and the inverse
+    mass matrix over the flattened position (a (d, d) matrix when the warm-up estimated a
+    dense one, else a diagonal); ``chees(logdensity_fn, *params)`` builds it."""
 
     step_size: jax.Array
     trajectory_length: jax.Array
@@ -201,15 +204,23 @@ def chees_warmup(
     with the shared Halton jitter u = halton(t); ε follows dual averaging of the chains'
     harmonic-mean acceptance toward ``target_acceptance_rate``; log T follows Adam
     (``learning_rate``, β₁ = 0, β₂ = 0.95, as TFP) on the ChEES criterion
-    E[(‖x′ − x̄′‖² − ‖x − x̄‖²)²]/4 weighted by acceptance; with ``adapt_mass_matrix`` the
-    diagonal inverse mass matrix is the chains' pooled variance over the last
-    ``mass_matrix_window_fraction`` of warm-up, and (``length_floor``) T is floored at
-    (π/2)√λ_max of the whitened ensemble covariance (BlackJAX 1.7's defaults). The last
-    iteration (t = ``num_warmup`` − 1) sets ``parameters`` to the moving averages.
-    One addition to BlackJAX (``rescue``): every 50 iterations of the first half, a chain
-    that has not accepted a move in 50 iterations restarts at a random moving chain's state
-    (no shared ε frees a chain stuck where every proposal fails, e.g. an explosive AR
-    start; its spread would also corrupt the ensemble mass matrix).
+    E[(‖x′ − x̄′‖² − ‖x − x̄‖²)²]/4 weighted by acceptance; and (``length_floor``) T is
+    floored at (π/2)√λ_max of the ensemble covariance in the metric's whitened coordinates.
+    With ``adapt_mass_matrix`` and ``dense_mass_matrix`` (the defaults) the inverse mass
+    matrix is dense: the pooled ensemble covariance of each of Stan's doubling windows
+    (:mod:`ppl.mcmc.ensemble_metric`: 75 / 25 / 50 / 100 / 200 / 50 iterations for 500),
+    set at the window's end, where dual averaging and the moving averages of ε and T
+    restart; a diagonal metric cannot follow a near-collinear ridge (kilpisjarvi, intercept
+    and slope correlated at 1 − 10⁻⁵: means off by 167 SEs after 500 warm-up iterations,
+    1.0 with the dense metric). ``dense_mass_matrix=False`` is BlackJAX 1.7's default: the
+    diagonal pooled variance over the last ``mass_matrix_window_fraction`` of warm-up.
+    The last iteration (t = ``num_warmup`` − 1) sets ``parameters`` to the moving averages.
+    A warm-up addition (``rescue``): every 50 iterations a chain restarts at a random
+    healthy chain's state if it is lost (log density far below the ensemble's median:
+    :func:`ppl.mcmc.ensemble_rescue.lost_chains`; such a chain can keep moving for the whole
+    run, e.g. at a huge noise scale) or, in the first half, has not accepted a move in 50
+    iterations (no shared ε frees a chain stuck where every proposal fails, e.g. an
+    explosive AR start). Either would also corrupt the ensemble mass matrix.
 
     Example::
 
@@ -309,22 +320,17 @@ def chees_warmup(
         return new, adapt, info
 
     def rescue(key, t, states, adapt):
-        # every RESCUE_EVERY iterations of the first half of warm-up, a chain that has not
-        # moved for RESCUE_EVERY iterations restarts at the state of a random moving chain
-        # (a shared ε cannot free a chain stuck where every proposal is rejected; warm-up
-        # need not preserve the target)
-        stuck = adapt.idle >= RESCUE_EVERY
-        due = ((t + 1) % RESCUE_EVERY == 0) & (t < num_warmup // 2) & jnp.any(stuck)
-        due = due & ~jnp.all(stuck)
-
-        def restart(args):
-            states, idle = args
-            healthy = (~stuck).astype(float)
-            donor = jax.random.choice(key, stuck.shape[0], stuck.shape, p=healthy / healthy.sum())
-            pick = lambda x: jnp.where(stuck.reshape((-1,) + (1,) * (x.ndim - 1)), x[donor], x)
-            return jax.tree.map(pick, states), jnp.where(stuck, 0, idle)
-
-        states, idle = jax.lax.cond(due, restart, lambda a: a, (states, adapt.idle))
+        # every RESCUE_EVERY iterations of warm-up (which need not preserve the target), a
+        # chain restarts at a random healthy chain's state when it is lost (log density far
+        # below the others': ``ensemble_rescue.lost_chains``) or, in the first half, has not
+        # moved for RESCUE_EVERY iterations (no shared ε frees a chain where every proposal
+        # is rejected)
+        num_dim = adapt.parameters.inverse_mass_matrix.shape[0]
+        stuck = (adapt.idle >= RESCUE_EVERY) & (t < num_warmup // 2)
+        restart = stuck | ensemble_rescue.lost_chains(states.logdensity, num_dim)
+        restart = restart & ((t + 1) % RESCUE_EVERY == 0)
+        states = ensemble_rescue.restart_from_healthy(key, states, restart)
+        idle = jnp.where(restart & ~jnp.all(restart), 0, adapt.idle)
         return states, adapt._replace(idle=idle)
 
     def adapt_update(t, states, new, info, adapt):
@@ -494,9 +500,10 @@ class ChEESState(NamedTuple):
 class ChEES(ModelKernel):
     """ChEES-HMC on a NumPyro model: many chains take jittered-trajectory HMC steps
     (:func:`chees`, n = ⌈halton(t)·T/ε⌉ shared by all chains) and, during warm-up, ε, T
-    and a diagonal inverse mass matrix are tuned from all chains at once
-    (:func:`chees_warmup`: dual averaging toward ``target_accept_prob`` 0.651, Adam on the
-    ChEES criterion, pooled ensemble variance).
+    and an inverse mass matrix are tuned from all chains at once (:func:`chees_warmup`:
+    dual averaging toward ``target_accept_prob`` 0.651, Adam on the ChEES criterion, the
+    pooled ensemble covariance in Stan's doubling windows as a dense metric, or with
+    ``dense_mass=False`` the diagonal pooled variance).
 
     Cross-chain adaptation needs one kernel that sees every chain, so ``ChEES`` is a NumPyro
     *ensemble kernel* (``is_ensemble_kernel = True``, as ``numpyro.infer.AIES``/``ESS``):
@@ -508,9 +515,10 @@ class ChEES(ModelKernel):
     ``step_size=None`` starts from NumPyro's reasonable step size at the first chain;
     ``trajectory_length=None`` starts warm-up at one leapfrog step (BlackJAX) and must be
     given when ``num_warmup=0``. ``print_summary`` counts the ``diverging`` field. Chains
-    share ε, so a chain started where every proposal fails cannot adapt its way out: during
-    the first half of warm-up such chains restart from moving ones (see
-    :func:`chees_warmup`); sampling is plain jittered HMC at the final parameters.
+    share ε, so a chain started where every proposal fails cannot adapt its way out, and a
+    chain lost far in the tails can drag on for the whole run: during warm-up such chains
+    restart from healthy ones (see :func:`chees_warmup`); sampling is plain jittered HMC at
+    the final parameters.
 
     Example::
 
@@ -537,6 +545,7 @@ class ChEES(ModelKernel):
         inverse_mass_matrix: jax.Array | None = None,
         init_strategy: Callable = init_to_uniform,
         divergence_threshold: float = 1000.0,
+        dense_mass: bool = True,
     ):
         super().__init__(
             model,
@@ -560,6 +569,7 @@ class ChEES(ModelKernel):
             max_leapfrog_steps=max_leapfrog_steps,
             adapt_mass_matrix=self._adapt_mass_matrix,
             divergence_threshold=divergence_threshold,
+            dense_mass_matrix=dense_mass,
         )
         self._divergence_threshold = divergence_threshold
 

@@ -52,7 +52,9 @@ def test_numpyro_api(capsys):
     assert np.all(samples["s"] > 0)  # constrained values
     assert m.get_extra_fields(group_by_chain=True)["diverging"].shape == (8, 10)
     eps, length, imm = m.last_state.adapt.parameters
-    assert imm.shape == (2,) and np.all(np.asarray(imm) > 0)
+    assert imm.shape == (2, 2)  # the dense ensemble metric
+    np.testing.assert_allclose(imm, imm.T)
+    assert np.all(np.linalg.eigvalsh(np.asarray(imm)) > 0)
     assert float(eps) != 0.3 and float(length) > float(eps)
     m.print_summary()
     assert "mu" in capsys.readouterr().out
@@ -114,7 +116,8 @@ def scaled_gaussian(x):
 
 @pytest.mark.slow
 def test_warmup_reproduces_blackjax():
-    """``chees_adaptation`` (our step-wise iteration under ``lax.scan``) gives BlackJAX's
+    """``chees_adaptation(..., dense_mass_matrix=False)`` (our step-wise iteration under
+    ``lax.scan``) gives BlackJAX's
     ``chees_adaptation(..., mass_matrix_estimation="diagonal").run``: same final states, ε,
     T/ε and inverse mass matrix (pooled over the last 10 iterations), up to
     float rounding (differently fused, the two drift apart chaotically after ~50 steps)."""
@@ -123,7 +126,9 @@ def test_warmup_reproduces_blackjax():
 
     key, num_warmup = jax.random.key(0), 20
     x0 = jax.random.normal(jax.random.key(1), (16, 3)) * SCALES
-    states, params = mcmc.chees_adaptation(key, scaled_gaussian, x0, num_warmup, step_size=0.1)
+    states, params = mcmc.chees_adaptation(
+        key, scaled_gaussian, x0, num_warmup, step_size=0.1, dense_mass_matrix=False
+    )
     (bj_states, bj_params), _ = blackjax.chees_adaptation(
         scaled_gaussian, 16, mass_matrix_estimation="diagonal"
     ).run(
