@@ -94,22 +94,7 @@ def run_smc(p: posteriordb.Posterior, key) -> Particles:
 SAMPLERS: dict[str, Callable] = {"nuts": run_nuts, "chees": run_chees, "smc": run_smc}
 
 # (sampler, posterior) -> the measured failure, with its numbers (strict xfail)
-KNOWN_FAILURES: dict[tuple[str, str], str] = {
-    ("nuts", "arma-arma11"): (
-        "initialization: one of 4 chains (init_to_uniform, seed 0) is stuck for all 1000"
-        " iterations at a spike with theta = -1.16, phi = -1.07 (|theta| > 1: the error"
-        " recursion is unstable); mu's sd ratio 48.6, R-hat > 1.05. NumPyro's NUTS does the"
-        " same (4 chains x 2000, seed 0: sd ratio 48.5)"
-    ),
-    ("chees", "kilpisjarvi_mod-kilpisjarvi"): (
-        "500 warm-up iterations with a diagonal mass matrix do not traverse the near-perfect"
-        " intercept/slope ridge: means off by up to 167 combined SEs, sd ratio 0.053"
-    ),
-    ("chees", "earnings-log10earn_height"): (
-        "one of 64 chains stays lost at a huge sigma (it keeps moving, so the warm-up rescue"
-        " of stuck chains does not catch it): beta[1] z = -15.7, sd ratio 4.7"
-    ),
-}
+KNOWN_FAILURES: dict[tuple[str, str], str] = {}
 
 # (sampler, posterior) pairs over the CPU budget of CI's slow step (``-m heavy``, run on
 # request): diamonds' 26 collinear dimensions run every trajectory to the leapfrog cap;
