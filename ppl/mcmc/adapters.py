@@ -6,7 +6,10 @@ During warm-up the step size (dual averaging) and, for kernels that take one, a 
 inverse mass matrix (Welford variance estimates over Stan's doubling windows, regularized
 as in Stan) are adapted by NumPyro's own ``hmc_util.warmup_adapter``, the step size
 re-initialized at each window end by ``find_reasonable_step_size``. A batch of keys
-(``chain_method="vectorized"``) vmaps ``init`` and ``sample`` as NumPyro's ``HMC`` does.
+(``chain_method="vectorized"``) vmaps ``init`` and ``sample`` as NumPyro's ``HMC`` does;
+then, during warm-up only, a chain lost far below the others' log density restarts from a
+healthy chain's state (:func:`ppl.mcmc.ensemble_rescue.rescue_vectorized`; NumPyro's NUTS
+has no such rescue: on arma11 one of its 4 chains stays lost for all 2000 iterations).
 
 A second ``MCMC.run`` (or a ``post_warmup_state`` continuation) with the same model
 arguments compiles nothing of ppl's: the per-chain ``init`` (step-size search included) is
