@@ -52,9 +52,7 @@ def test_numpyro_api(capsys):
     assert np.all(samples["s"] > 0)  # constrained values
     assert m.get_extra_fields(group_by_chain=True)["diverging"].shape == (8, 10)
     eps, length, imm = m.last_state.adapt.parameters
-    assert imm.shape == (2, 2)  # the dense ensemble metric
-    np.testing.assert_allclose(imm, imm.T)
-    assert np.all(np.linalg.eigvalsh(np.asarray(imm)) > 0)
+    assert imm.shape == (2,) and np.all(np.asarray(imm) > 0)
     assert float(eps) != 0.3 and float(length) > float(eps)
     m.print_summary()
     assert "mu" in capsys.readouterr().out
