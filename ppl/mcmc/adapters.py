@@ -6,7 +6,10 @@ During warm-up the step size (dual averaging) and, for kernels that take one, a 
 inverse mass matrix (Welford variance estimates over Stan's doubling windows, regularized
 as in Stan) are adapted by NumPyro's own ``hmc_util.warmup_adapter``, the step size
 re-initialized at each window end by ``find_reasonable_step_size``. A batch of keys
-(``chain_method="vectorized"``) vmaps ``init`` and ``sample`` as NumPyro's ``HMC`` does.
+(``chain_method="vectorized"``) vmaps ``init`` and ``sample`` as NumPyro's ``HMC`` does;
+then, during warm-up only, a chain lost far below the others' log density restarts from a
+healthy chain's state (:func:`ppl.mcmc.ensemble_rescue.rescue_vectorized`; NumPyro's NUTS
+has no such rescue: on arma11 one of its 4 chains stays lost for all 2000 iterations).
 
 A second ``MCMC.run`` (or a ``post_warmup_state`` continuation) with the same model
 arguments compiles nothing of ppl's: the per-chain ``init`` (step-size search included) is
@@ -37,6 +40,7 @@ from numpyro.util import _is_under_jax_transform, identity, is_prng_key
 
 from ..core.arguments import count
 from .base import Kernel, summarize
+from .ensemble_rescue import rescue_vectorized
 from .gradient import hmc, jitter_fraction, mala
 from .mh import random_walk
 from .nuts import nuts
@@ -423,8 +427,12 @@ class ModelKernel(MCMCKernel):
     def sample(self, state, model_args, model_kwargs):
         if self._sample_fn is None:
             raise RuntimeError("`init` must be called before `sample`.")
-        t = state.i if jnp.ndim(state.i) == 0 else state.i[0]
-        return self._sample_fn(state, model_args, model_kwargs, t)
+        if jnp.ndim(state.i) == 0:
+            return self._sample_fn(state, model_args, model_kwargs, state.i)
+        # vectorized chains: warm-up rescue of lost chains (``ensemble_rescue``)
+        t = state.i[0]
+        new = self._sample_fn(state, model_args, model_kwargs, t)
+        return rescue_vectorized(new, t, self._num_warmup)
 
 
 def _leapfrog_step_size(logdensity_fn: Callable) -> Callable:

@@ -3,7 +3,8 @@ iteration and, during warm-up, tuned across many parallel chains.
 
 Three layers, all on BlackJAX (``blackjax.mcmc.hmc`` for the transition,
 ``blackjax.adaptation.chees_adaptation`` for the ChEES criterion, dual averaging, Adam on
-log T, the ensemble diagonal mass matrix and its slow-direction length floor):
+log T, the ensemble diagonal mass matrix and its slow-direction length floor; an opt-in
+dense ensemble metric in :mod:`ppl.mcmc.ensemble_metric`):
 
 - :func:`chees`, a pure kernel: one HMC transition with ⌈u·T/ε⌉ leapfrog steps;
 - :func:`chees_adaptation`, the pure many-chain warm-up (``lax.scan`` of :func:`chees_warmup`);
@@ -12,7 +13,8 @@ log T, the ensemble diagonal mass matrix and its slow-direction length floor):
 BlackJAX's ``chees_adaptation(...).run`` is one ``lax.scan`` over the whole warm-up; here the
 same iteration is exposed step by step (``chees_warmup``) so NumPyro's driver can call it
 once per warm-up iteration (a test checks it reproduces BlackJAX's ``run``), plus one
-addition: chains that stop moving early in warm-up restart from moving ones.
+addition: chains that stop moving early in warm-up, or are lost far below the others' log
+density (:mod:`ppl.mcmc.ensemble_rescue`), restart from healthy ones.
 BlackJAX is imported when something is built, so ``import ppl`` does not need it.
 """
 
@@ -29,6 +31,7 @@ from numpyro.infer.initialization import init_to_uniform
 from numpyro.util import is_prng_key
 
 from ..core.arguments import count
+from . import ensemble_metric, ensemble_rescue
 from .adapters import ModelKernel, _leapfrog_step_size
 from .base import GradState, Info, Kernel
 from .gradient import _grad_init
@@ -65,13 +68,30 @@ def _hmc_transition(logdensity_fn, divergence_threshold):
 
     def transition(key, state, step_size, inverse_mass_matrix, num_steps):
         x, _ = ravel_pytree(state.position)
-        inv_mass = jnp.broadcast_to(jnp.asarray(inverse_mass_matrix, x.dtype), x.shape)
+        inv_mass = jnp.asarray(inverse_mass_matrix, x.dtype)
+        if inv_mass.ndim < 2:  # scalar or diagonal; a (d, d) matrix is a dense metric
+            inv_mass = jnp.broadcast_to(inv_mass, x.shape)
         new, info = kernel(
             key, bj_hmc.HMCState(*state), logdensity_fn, step_size, inv_mass, num_steps
         )
-        return GradState(*new), info
+        return _reject_non_finite(state, GradState(*new), info)
 
     return transition
+
+
+def _reject_non_finite(state, new, info):
+    """A proposal whose energy is not finite is a divergence, rejected. BlackJAX 1.7 maps
+    only a NaN energy difference to rejection; with a dense metric the kinetic energy pᵀΣp/2
+    of an overflowing momentum can round to −∞ (a sum of ±∞ terms), and such proposals
+    (log density −1e260 on arma11's explosive region) were accepted with probability 1."""
+    ok = jnp.isfinite(info.energy)
+    new = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, state)
+    info = info._replace(
+        acceptance_rate=jnp.where(ok, info.acceptance_rate, 0.0),
+        is_accepted=info.is_accepted & ok,
+        is_divergent=info.is_divergent | ~ok,
+    )
+    return new, info
 
 
 def chees(
@@ -129,8 +149,9 @@ def _check_positive(value, name, who):
 
 
 class ChEESParameters(NamedTuple):
-    """What the jittered HMC kernel uses: step size ε, trajectory length T and the diagonal
-    inverse mass matrix (flattened position); ``chees(logdensity_fn, *params)`` builds it."""
+    """What the jittered HMC kernel uses: step size ε, trajectory length T and the inverse
+    mass matrix over the flattened position (a (d, d) matrix when the warm-up estimated a
+    dense one, else a diagonal); ``chees(logdensity_fn, *params)`` builds it."""
 
     step_size: jax.Array
     trajectory_length: jax.Array
@@ -177,20 +198,31 @@ def chees_warmup(
     mass_matrix_window_fraction: float = 0.5,
     length_floor: bool = True,
     divergence_threshold: float = 1000.0,
+    dense_mass_matrix: bool = False,
 ) -> ChEESWarmup:
     """ChEES-HMC's warm-up, one iteration at a time: all chains take one jittered HMC step
     with the shared Halton jitter u = halton(t); ε follows dual averaging of the chains'
     harmonic-mean acceptance toward ``target_acceptance_rate``; log T follows Adam
     (``learning_rate``, β₁ = 0, β₂ = 0.95, as TFP) on the ChEES criterion
-    E[(‖x′ − x̄′‖² − ‖x − x̄‖²)²]/4 weighted by acceptance; with ``adapt_mass_matrix`` the
-    diagonal inverse mass matrix is the chains' pooled variance over the last
-    ``mass_matrix_window_fraction`` of warm-up, and (``length_floor``) T is floored at
-    (π/2)√λ_max of the whitened ensemble covariance (BlackJAX 1.7's defaults). The last
-    iteration (t = ``num_warmup`` − 1) sets ``parameters`` to the moving averages.
-    One addition to BlackJAX (``rescue``): every 50 iterations of the first half, a chain
-    that has not accepted a move in 50 iterations restarts at a random moving chain's state
-    (no shared ε frees a chain stuck where every proposal fails, e.g. an explosive AR
-    start; its spread would also corrupt the ensemble mass matrix).
+    E[(‖x′ − x̄′‖² − ‖x − x̄‖²)²]/4 weighted by acceptance; and (``length_floor``) T is
+    floored at (π/2)√λ_max of the ensemble covariance in the metric's whitened coordinates.
+    With ``adapt_mass_matrix`` (the default) and ``dense_mass_matrix`` (opt-in) the inverse
+    mass matrix is dense: the pooled ensemble covariance of each of Stan's doubling windows
+    (:mod:`ppl.mcmc.ensemble_metric`: 75 / 25 / 50 / 100 / 200 / 50 iterations for 500),
+    set at the window's end, where dual averaging and the moving averages of ε and T
+    restart; a diagonal metric cannot follow a near-collinear ridge (kilpisjarvi, intercept
+    and slope correlated at 1 − 10⁻⁵: means off by 167 SEs after 500 warm-up iterations,
+    1.0 with the dense metric; but on low_dim_gauss_mix the first window's metric, from a
+    still-dispersed ensemble, drives ε to 1e-6 and warm-up stalls, so it is not the
+    default). ``dense_mass_matrix=False`` (default) is BlackJAX 1.7's: the diagonal pooled
+    variance over the last ``mass_matrix_window_fraction`` of warm-up.
+    The last iteration (t = ``num_warmup`` − 1) sets ``parameters`` to the moving averages.
+    A warm-up addition (``rescue``): every 50 iterations a chain restarts at a random
+    healthy chain's state if it is lost (log density far below the ensemble's median:
+    :func:`ppl.mcmc.ensemble_rescue.lost_chains`; such a chain can keep moving for the whole
+    run, e.g. at a huge noise scale) or, in the first half, has not accepted a move in 50
+    iterations (no shared ε frees a chain stuck where every proposal fails, e.g. an
+    explosive AR start). Either would also corrupt the ensemble mass matrix.
 
     Example::
 
@@ -217,6 +249,7 @@ def chees_warmup(
             f"got {target_acceptance_rate!r}"
         )
     floor = adapt_mass_matrix and length_floor
+    dense = adapt_mass_matrix and dense_mass_matrix
     optim = optax.adam(learning_rate, b1=0.0, b2=0.95)
     init, update = bj.base(
         halton, lambda i: i + 1, optim, target_acceptance_rate, decay_rate, max_leapfrog_steps
@@ -224,6 +257,7 @@ def chees_warmup(
     wc_init, wc_update, _ = welford_algorithm(is_diagonal_matrix=True)
     window_start = int(mass_matrix_window_fraction * num_warmup) if adapt_mass_matrix else None
     transition = _hmc_transition(logdensity_fn, divergence_threshold)
+    window_ends = ensemble_metric.window_ends(num_warmup)
 
     def start(step_size, states, trajectory_length=None, inverse_mass_matrix=None):
         flat = jax.vmap(lambda p: ravel_pytree(p)[0])(states.position)
@@ -236,11 +270,14 @@ def chees_warmup(
             )
         imm = 1.0 if adapt_mass_matrix or inverse_mass_matrix is None else inverse_mass_matrix
         imm = jnp.broadcast_to(jnp.asarray(imm, step_size.dtype), (num_dim,))
+        if dense:
+            imm = jnp.eye(num_dim, dtype=step_size.dtype)
         welford = moments = eig = None
         if adapt_mass_matrix:
             welford = wc_init(num_dim)
-        if floor:
+        if floor or dense:
             moments = MomentBlock(jnp.zeros(()), jnp.zeros(num_dim), jnp.zeros((num_dim, num_dim)))
+        if floor:
             eig = bj._eig_state_init(num_dim)
         params = ChEESParameters(step_size, state.trajectory_length, imm)
         idle = jnp.zeros(num_chains, jnp.int32)
@@ -252,12 +289,16 @@ def chees_warmup(
     def inverse_mass(adapt, num_dim):
         if adapt.welford is None:  # fixed (identity unless given to ``start``)
             return adapt.parameters.inverse_mass_matrix
+        if dense:  # set at the ends of the metric windows (``ensemble_metric.end_window``)
+            return adapt.parameters.inverse_mass_matrix
         return bj._diagonal_mass_matrix_or_fallback(adapt.welford, threshold(num_dim), num_dim)
 
-    def consumed_length(length, step_size, welford, eig, num_dim):
+    def consumed_length(length, step_size, welford, eig, num_dim, moments=None):
         if not floor:
             return length
         engaged = welford.sample_size >= threshold(num_dim)
+        if dense:
+            engaged = ensemble_metric.engaged(moments, num_dim)
         return bj._apply_length_floor(
             length, eig.lambda_max, engaged, True, max_leapfrog_steps, step_size
         )[0]
@@ -268,10 +309,10 @@ def chees_warmup(
         length = jnp.exp(c.log_trajectory_length_moving_average)
         imm = inverse_mass(adapt, num_dim)
         if floor:
-            eig = bj._recompute_eig_state(
+            eig = ensemble_metric.recompute_eig_state(
                 adapt.moments, imm, adapt.eig, bj._LENGTH_FLOOR_FINAL_POWER_ITERATIONS
             )
-            length = consumed_length(length, step_size, adapt.welford, eig, num_dim)
+            length = consumed_length(length, step_size, adapt.welford, eig, num_dim, adapt.moments)
         return ChEESParameters(step_size, length, imm)
 
     def step(key, t, states, adapt):
@@ -281,40 +322,47 @@ def chees_warmup(
         return new, adapt, info
 
     def rescue(key, t, states, adapt):
-        # every RESCUE_EVERY iterations of the first half of warm-up, a chain that has not
-        # moved for RESCUE_EVERY iterations restarts at the state of a random moving chain
-        # (a shared ε cannot free a chain stuck where every proposal is rejected; warm-up
-        # need not preserve the target)
-        stuck = adapt.idle >= RESCUE_EVERY
-        due = ((t + 1) % RESCUE_EVERY == 0) & (t < num_warmup // 2) & jnp.any(stuck)
-        due = due & ~jnp.all(stuck)
-
-        def restart(args):
-            states, idle = args
-            healthy = (~stuck).astype(float)
-            donor = jax.random.choice(key, stuck.shape[0], stuck.shape, p=healthy / healthy.sum())
-            pick = lambda x: jnp.where(stuck.reshape((-1,) + (1,) * (x.ndim - 1)), x[donor], x)
-            return jax.tree.map(pick, states), jnp.where(stuck, 0, idle)
-
-        states, idle = jax.lax.cond(due, restart, lambda a: a, (states, adapt.idle))
+        # every RESCUE_EVERY iterations of warm-up (which need not preserve the target), a
+        # chain restarts at a random healthy chain's state when it is lost (log density far
+        # below the others': ``ensemble_rescue.lost_chains``) or, in the first half, has not
+        # moved for RESCUE_EVERY iterations (no shared ε frees a chain where every proposal
+        # is rejected)
+        num_dim = adapt.parameters.inverse_mass_matrix.shape[0]
+        stuck = (adapt.idle >= RESCUE_EVERY) & (t < num_warmup // 2)
+        restart = stuck | ensemble_rescue.lost_chains(states.logdensity, num_dim)
+        restart = restart & ((t + 1) % RESCUE_EVERY == 0)
+        states = ensemble_rescue.restart_from_healthy(key, states, restart)
+        idle = jnp.where(restart & ~jnp.all(restart), 0, adapt.idle)
         return states, adapt._replace(idle=idle)
 
     def adapt_update(t, states, new, info, adapt):
         num_dim = adapt.parameters.inverse_mass_matrix.shape[0]
         imm = adapt.parameters.inverse_mass_matrix
-        chees_state = update(
-            adapt.chees,
+        proposal, momentum, initial, criterion_imm = (
             info.proposal.position,
             info.proposal.momentum,
             states.position,
+            imm,
+        )
+        if imm.ndim == 2:  # BlackJAX whitens by a diagonal: hand it whitened coordinates
+            flat = jax.vmap(lambda p: ravel_pytree(p)[0])
+            to_white, velocity_to_white = ensemble_metric.whitening(imm)
+            proposal, initial = to_white(flat(proposal)), to_white(flat(initial))
+            momentum = velocity_to_white(flat(momentum))
+            criterion_imm = jnp.ones(num_dim, imm.dtype)
+        chees_state = update(
+            adapt.chees,
+            proposal,
+            momentum,
+            initial,
             info.acceptance_rate,
             info.is_divergent,
-            imm,
+            criterion_imm,
         )
         idle = jnp.where(info.is_accepted, 0, adapt.idle + 1)
         adapt = adapt._replace(chees=chees_state, idle=idle)
         if adapt_mass_matrix:
-            in_window = t >= window_start
+            in_window = (t >= window_start) | dense
             x_new = jax.vmap(lambda p: ravel_pytree(p)[0])(new.position)
 
             def fold(acc):
@@ -322,22 +370,33 @@ def chees_warmup(
 
             welford = jax.lax.cond(in_window, fold, lambda a: a, adapt.welford)
             adapt = adapt._replace(welford=welford)
-            if floor:
+            if floor or dense:
                 moments = jax.lax.cond(
                     in_window, lambda a: cgl_update_batch(a, x_new), lambda a: a, adapt.moments
                 )
+                adapt = adapt._replace(moments=moments)
+            if floor:
                 recompute = in_window & (t % bj._LENGTH_FLOOR_RECOMPUTE_INTERVAL == 0)
+                if dense:
+                    recompute = recompute & ensemble_metric.engaged(moments, num_dim)
                 eig = jax.lax.cond(
                     recompute,
-                    lambda e: bj._recompute_eig_state(moments, imm, e),
+                    lambda e: ensemble_metric.recompute_eig_state(moments, imm, e),
                     lambda e: e,
                     adapt.eig,
                 )
                 adapt = adapt._replace(moments=moments, eig=eig)
+        if dense:
+            adapt = jax.lax.cond(
+                jnp.any(t == window_ends),
+                lambda a: ensemble_metric.end_window(a, num_dim),
+                lambda a: a,
+                adapt,
+            )
         c = adapt.chees
         next_imm = inverse_mass(adapt, num_dim)
         next_length = consumed_length(
-            c.trajectory_length, c.step_size, adapt.welford, adapt.eig, num_dim
+            c.trajectory_length, c.step_size, adapt.welford, adapt.eig, num_dim, adapt.moments
         )
         params = ChEESParameters(c.step_size, next_length, next_imm)
         params = jax.lax.cond(
@@ -446,9 +505,10 @@ class ChEESState(NamedTuple):
 class ChEES(ModelKernel):
     """ChEES-HMC on a NumPyro model: many chains take jittered-trajectory HMC steps
     (:func:`chees`, n = ⌈halton(t)·T/ε⌉ shared by all chains) and, during warm-up, ε, T
-    and a diagonal inverse mass matrix are tuned from all chains at once
-    (:func:`chees_warmup`: dual averaging toward ``target_accept_prob`` 0.651, Adam on the
-    ChEES criterion, pooled ensemble variance).
+    and an inverse mass matrix are tuned from all chains at once (:func:`chees_warmup`:
+    dual averaging toward ``target_accept_prob`` 0.651, Adam on the ChEES criterion, the
+    diagonal pooled ensemble variance, or with ``dense_mass=True`` the pooled ensemble
+    covariance in Stan's doubling windows as a dense metric).
 
     Cross-chain adaptation needs one kernel that sees every chain, so ``ChEES`` is a NumPyro
     *ensemble kernel* (``is_ensemble_kernel = True``, as ``numpyro.infer.AIES``/``ESS``):
@@ -460,9 +520,10 @@ class ChEES(ModelKernel):
     ``step_size=None`` starts from NumPyro's reasonable step size at the first chain;
     ``trajectory_length=None`` starts warm-up at one leapfrog step (BlackJAX) and must be
     given when ``num_warmup=0``. ``print_summary`` counts the ``diverging`` field. Chains
-    share ε, so a chain started where every proposal fails cannot adapt its way out: during
-    the first half of warm-up such chains restart from moving ones (see
-    :func:`chees_warmup`); sampling is plain jittered HMC at the final parameters.
+    share ε, so a chain started where every proposal fails cannot adapt its way out, and a
+    chain lost far in the tails can drag on for the whole run: during warm-up such chains
+    restart from healthy ones (see :func:`chees_warmup`); sampling is plain jittered HMC at
+    the final parameters.
 
     Example::
 
@@ -489,6 +550,7 @@ class ChEES(ModelKernel):
         inverse_mass_matrix: jax.Array | None = None,
         init_strategy: Callable = init_to_uniform,
         divergence_threshold: float = 1000.0,
+        dense_mass: bool = False,
     ):
         super().__init__(
             model,
@@ -512,6 +574,7 @@ class ChEES(ModelKernel):
             max_leapfrog_steps=max_leapfrog_steps,
             adapt_mass_matrix=self._adapt_mass_matrix,
             divergence_threshold=divergence_threshold,
+            dense_mass_matrix=dense_mass,
         )
         self._divergence_threshold = divergence_threshold
 
