@@ -5,11 +5,11 @@ checks of NumPyro) re-expressed for a small compiled loop body.
 The transition is BlackJAX's ``nuts.build_kernel()`` (velocity Verlet, divergence at an
 energy error of 1000) step for step and key for key: the same momentum draw, the same
 direction and acceptance bits from the same keys, so it returns BlackJAX's proposal (a test
-checks it). What differs is the program: the position is one flat array, the branches of
-BlackJAX's ``lax.cond`` s are ``jnp.where`` selects, and the U-turn checks against the
-stored checkpoints run as one vectorized comparison instead of a nested ``while_loop``. On
-XLA's CPU backend, which runs a while loop's body op by op, that cuts the work per leapfrog
-step more than the model's gradient costs on small models (see ``benchmarks/MCMC_RESULTS.md``).
+checks it). What differs is the program: the position is one flat array and the branches of
+BlackJAX's ``lax.cond`` s are ``jnp.where`` selects (checkpoints are written in place). XLA's
+CPU backend runs a large while loop's body op by op (loops under
+``xla_cpu_small_while_loop_byte_threshold``, 1 kB by default, become one compiled kernel),
+so on small models the number of ops per leapfrog step, not the gradient, sets the cost.
 """
 
 from __future__ import annotations
@@ -108,18 +108,14 @@ def _transition(logdensity_fn, step_size, imm, max_num_doublings, divergence_thr
         logdensity, grad = value_and_grad(x)
         return _Point(x, p + eps * 0.5 * grad, logdensity, grad)
 
-    def is_turning(p_left, p_right, p_sum):
-        # generalized criterion, rows of p_left/p_sum checked at once against p_right
+    def is_turning(p_left, p_right, p_sum):  # the generalized criterion
         rho = p_sum - (p_right + p_left) / 2
-        left = jnp.sum(imm * p_left * rho, axis=-1) <= 0
-        right = jnp.sum(imm * p_right * rho, axis=-1) <= 0
-        return left | right
+        return (jnp.dot(imm * p_left, rho) <= 0) | (jnp.dot(imm * p_right, rho) <= 0)
 
     def integrate(key, start: _Point, direction, ckpts, num_steps, energy0):
         """Up to ``num_steps`` leapfrog steps from ``start``: the subtree's proposal (uniform
         progressive sampling), its last state, momentum sum and length, whether it
         diverged or turned (NumPyro's checkpointed checks of its sub-subtrees)."""
-        levels = jnp.arange(max_num_doublings)
         eps = direction * step_size
 
         def keep_going(carry):
@@ -146,12 +142,17 @@ def _transition(logdensity_fn, step_size, imm, max_num_doublings, divergence_thr
             # checkpoints at even steps; at step n check levels idx_min..idx_max
             idx_max = jax.lax.population_count(n >> 1)
             idx_min = idx_max - jax.lax.population_count((~n & (n + 1)) - 1) + 1
-            store = ((levels == idx_max) & (n % 2 == 0))[:, None]
-            r_ckpt = jnp.where(store, new.p, r_ckpt)
-            r_sum_ckpt = jnp.where(store, p_sum, r_sum_ckpt)
-            checked = (levels >= idx_min) & (levels <= idx_max)
-            turns = is_turning(r_ckpt, new.p, p_sum - r_sum_ckpt + r_ckpt)
-            turning = jnp.any(checked & turns)
+            even = n % 2 == 0
+            r_ckpt = r_ckpt.at[idx_max].set(jnp.where(even, new.p, r_ckpt[idx_max]))
+            r_sum_ckpt = r_sum_ckpt.at[idx_max].set(jnp.where(even, p_sum, r_sum_ckpt[idx_max]))
+
+            def check(c):
+                i, _ = c
+                return i - 1, is_turning(r_ckpt[i], new.p, p_sum - r_sum_ckpt[i] + r_ckpt[i])
+
+            _, turning = jax.lax.while_loop(
+                lambda c: (c[0] >= idx_min) & ~c[1], check, (idx_max, jnp.asarray(False))
+            )
             return n + 1, new, prop, p_sum, (r_ckpt, r_sum_ckpt), diverging, turning
 
         placeholder = _Proposal(start.x, start.logdensity, start.grad, 0.0 * energy0, energy0)
