@@ -81,6 +81,7 @@ def normal_model():
     numpyro.sample("x", dist.Normal(0.0, 1.0).expand([3]))
 
 
+@pytest.mark.slow  # ~4 s: an MCMC compile per case
 @pytest.mark.parametrize("step_size, expected", [(500.0, 30), (0.05, 0)])
 def test_nuts_adapter_reports_divergences_like_numpyro(step_size, expected):
     """``MCMC(ppl.mcmc.NUTS(model))`` collects ``diverging`` by default, as NumPyro's NUTS,
