@@ -79,13 +79,14 @@ class Draws(NamedTuple):
     init_s: float = 0.0
 
 
-def _kernel_driver(kernel, p, chains, warmup, draws):
+def _kernel_driver(kernel, p, chains, warmup, draws, steps_fn=None):
     """A ``run(key) -> Draws`` of a NumPyro ``MCMCKernel`` (vectorized chains, as
     ``numpyro.infer.MCMC(chain_method="vectorized")`` drives it: ``kernel.init`` on a batch
     of keys, then ``kernel.sample`` on the batched state) under one jitted ``lax.scan``
     over warm-up + draws, compiled once for all seeds (``MCMC.run`` recompiles its loop on
     every call). Gradients: the state's ``num_steps`` summed over warm-up + sampling and
-    chains where the state has one (a scalar counts for every chain); else None."""
+    chains where the state has one (a scalar counts for every chain), else
+    ``steps_fn(state before the step)`` (leapfrog steps of all chains) if given, else None."""
     import jax
     import jax.numpy as jnp
 
@@ -96,9 +97,13 @@ def _kernel_driver(kernel, p, chains, warmup, draws):
         post = jax.vmap(kernel.postprocess_fn(args, kwargs))
 
         def body(s, _):
+            before = s
             s = kernel.sample(s, args, kwargs)
             n = getattr(s, "num_steps", None)
-            n = jnp.zeros(()) if n is None else jnp.sum(jnp.broadcast_to(n, (chains,)))
+            if n is not None:
+                n = jnp.sum(jnp.broadcast_to(n, (chains,)))
+            else:
+                n = jnp.zeros(()) if steps_fn is None else steps_fn(before)
             return s, (s.z, n)
 
         _, (zs, n) = jax.lax.scan(body, state, None, length=warmup + draws)
@@ -115,7 +120,7 @@ def _kernel_driver(kernel, p, chains, warmup, draws):
         )
         t_init = time.perf_counter() - t0
         if not has_steps:
-            has_steps.append(getattr(state, "num_steps", None) is not None)
+            has_steps.append(getattr(state, "num_steps", None) is not None or steps_fn is not None)
         samples, n = jax.block_until_ready(loop(state))
         return Draws(samples, float(n) if has_steps[0] else None, init_s=t_init)
 
@@ -209,6 +214,7 @@ def make_runner(sampler, p, cfg: Config):
     import numpyro.infer
 
     from ppl import mcmc
+    from ppl.mcmc.chees import _num_steps as _chees_num_steps  # the formula its step uses
 
     c = cfg
     if sampler == "nuts":
@@ -230,7 +236,13 @@ def make_runner(sampler, p, cfg: Config):
 
         return hmc
     if sampler == "chees":
-        return _kernel_driver(mcmc.ChEES(p.model), p, c.chees_chains, c.chees_warmup, c.chees_draws)
+
+        def chees_steps(s):  # the step's n = ⌈halton(t)·T/ε⌉, shared by all chains
+            eps, length = s.adapt.parameters.step_size, s.adapt.parameters.trajectory_length
+            return c.chees_chains * _chees_num_steps(mcmc.halton(s.i), eps, length)
+
+        kernel = mcmc.ChEES(p.model)
+        return _kernel_driver(kernel, p, c.chees_chains, c.chees_warmup, c.chees_draws, chees_steps)
     if sampler == "smc":
         return _smc(p, c.smc_runs, c.smc_particles, p.reference)
     raise ValueError(f"unknown sampler {sampler!r}; one of {sorted(SAMPLERS)}")
@@ -389,7 +401,8 @@ def main():
         started=time.strftime("%Y-%m-%d %H:%M", time.gmtime(t_start)),
     )
     for name in names:
-        post = {"load_start": _load(), "samplers": {}}
+        old = data["posteriors"].get(name, {}).get("samplers", {})
+        post = {"load_start": _load(), "samplers": dict(old)}
         for s in samplers:
             if (s, name) in HEAVY and not a.heavy:
                 post["samplers"][s] = {"status": "skipped", "runs": []}
