@@ -128,6 +128,11 @@ def report(data: dict) -> str:
         " in ESS/s on every posterior; the default ppl choice (NUTS) nowhere worse than"
         " NumPyro NUTS by more than 1.2x in ESS/s (ratio ≥ 0.83).",
         "",
+        f"Noise: each ESS/s rests on {data['seeds'] - 1} timed run(s) per sampler, the samplers of"
+        " a posterior run one after the other in separate subprocesses on a CPU shared with"
+        " other jobs (load averages per posterior below), and min ESS itself varies between"
+        " seeds: read ratios near a goal's threshold as unresolved.",
+        "",
     ]
     rank = {n: i for i, n in enumerate(order())}
     posts = sorted(data["posteriors"].items(), key=lambda kv: rank.get(kv[0], 99))
@@ -135,7 +140,11 @@ def report(data: dict) -> str:
         name: {s: summarize(r) for s, r in post["samplers"].items() if r["status"] != "skipped"}
         for name, post in posts
     }
-    lines += goal_table(sums) + ["", "## Per posterior", ""]
+    missing = [n for n in order() if n not in data["posteriors"]]
+    lines += goal_table(sums) + [""]
+    if missing:
+        lines += [f"Not in this run: {', '.join(missing)} (rerun with `--merge --posteriors`).", ""]
+    lines += ["## Per posterior", ""]
     for name, post in posts:
         lines += posterior_table(name, post, sums[name])
     return "\n".join(lines) + "\n"
