@@ -613,6 +613,9 @@ OTHER_RESULTS = "\n".join(
         "- gradient variance x time per estimator: `VARIANCE_RESULTS.md` "
         "(`python -m benchmarks.variance`);",
         "- MCMC effective samples per second: `MCMC_RESULTS.md` (`python -m benchmarks.mcmc`);",
+        "- MCMC on all 14 posteriordb posteriors (ESS per gradient and per second, ppl NUTS/HMC/"
+        "ChEES/SMC vs NumPyro and BlackJAX NUTS, issue 17's goals): `MCMC_POSTERIORDB.md`"
+        " (`python -m benchmarks.mcmc_posteriordb`);",
         "- the cone model's objectives: `CONE_RESULTS.md` (`python -m benchmarks.cone`);",
         "- BRAIn and its baselines (reward-KL frontier, exact KL): `BRAIN_RESULTS.md` "
         "(`python -m benchmarks.brain`);",
