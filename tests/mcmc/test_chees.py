@@ -17,6 +17,7 @@ from numpyro.infer import MCMC, Predictive
 
 from models import posteriordb
 from ppl import mcmc
+from tests.mcmc.runs import run_mcmc
 from tests.mcmc.test_numpyro import EXACT, Y_NORM, Y_POIS, conjugate, z_scores
 from tests.mcmc.test_posterior_accuracy import assert_close
 
@@ -30,16 +31,14 @@ def tiny(y):
 
 
 def run(kernel, *args, num_chains=64, num_warmup=300, num_samples=300, seed=0):
-    m = MCMC(
+    return run_mcmc(
         kernel,
+        *args,
         num_warmup=num_warmup,
         num_samples=num_samples,
         num_chains=num_chains,
-        chain_method="vectorized",
-        progress_bar=False,
+        seed=seed,
     )
-    m.run(jax.random.key(seed), *args)
-    return m
 
 
 def test_numpyro_api(capsys):

@@ -9,22 +9,21 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
-from numpyro.infer import MCMC
 
 from ppl import mcmc
 from ppl.mcmc.chees import _num_steps, halton
+from tests.mcmc.runs import run_mcmc
 
 
 def run(kernel, num_warmup=0, num_samples=40, num_chains=1, **kwargs):
-    m = MCMC(
+    m = run_mcmc(
         kernel,
         num_warmup=num_warmup,
         num_samples=num_samples,
         num_chains=num_chains,
-        chain_method="vectorized",
-        progress_bar=False,
+        extra_fields=("num_steps",),
+        **kwargs,
     )
-    m.run(jax.random.key(0), extra_fields=("num_steps",), **kwargs)
     return m, np.asarray(m.get_extra_fields(group_by_chain=True)["num_steps"])
 
 
