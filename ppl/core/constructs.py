@@ -23,8 +23,8 @@ from .model_enum import (
     CollapsedTerm,
     check_enumerable,
     collapsed_terms,
+    enum_plate_nesting,
     is_marked,
-    max_plate_nesting,
 )
 from .runtime import (
     RunState,
@@ -218,7 +218,7 @@ def density(model: Callable, values: dict, *args, fix_params: bool = False, **kw
         marked = {n for n, s in tr.items() if s["type"] == "sample" and is_marked(s)}
         check_model_guide(tr, guide_trace, values, marked)
     if filled.enumerated:
-        terms = collapsed_terms(fn, args, kwargs, max_plate_nesting(tr))
+        terms = collapsed_terms(fn, args, kwargs, enum_plate_nesting(tr, "ppl.density"))
     else:
         terms = [
             CollapsedTerm(n, None, tuple(s.get("cond_indep_stack") or ()), s)

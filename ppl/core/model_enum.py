@@ -21,6 +21,8 @@ step, else the product of its T transition matrices, O(T S^3).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from collections import OrderedDict, defaultdict
 from typing import NamedTuple
 
@@ -72,6 +74,45 @@ def max_plate_nesting(trace) -> int:
     """How many batch dims the model's plates use (from a plain trace)."""
     dims = [-f.dim for s in trace.values() for f in s.get("cond_indep_stack") or [] if f.dim]
     return max(dims, default=0)
+
+
+_DECLARED_NESTING: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "ppl_max_plate_nesting", default=None
+)
+
+
+@contextlib.contextmanager
+def declared_plate_nesting(nesting: int | None):
+    """Within: model-side enumeration puts its dims left of ``nesting`` plate dims, as
+    ``TraceEnum_ELBO(max_plate_nesting=nesting)`` does (``None``: as many as the model's
+    plates use)."""
+    token = _DECLARED_NESTING.set(nesting)
+    try:
+        yield
+    finally:
+        _DECLARED_NESTING.reset(token)
+
+
+def enum_plate_nesting(trace, who: str) -> int:
+    """Plate dims left free for the model's plates: the declared ``max_plate_nesting``, or
+    the model's own; a plate beyond the declared number is refused by name."""
+    declared = _DECLARED_NESTING.get()
+    used = max_plate_nesting(trace)
+    if declared is None:
+        return used
+    if used > declared:
+        plate = next(
+            f.name
+            for s in trace.values()
+            for f in s.get("cond_indep_stack") or []
+            if f.dim is not None and -f.dim > declared
+        )
+        raise EnumerationError(
+            f"{who}: plate '{plate}' uses batch dim -{used} but max_plate_nesting="
+            f"{declared}; enumerated dims would collide with it. Raise max_plate_nesting "
+            f"to at least {used} (or leave it unset: ppl reads it from the model)"
+        )
+    return declared
 
 
 def _scale_of(site) -> float:

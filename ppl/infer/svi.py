@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 
 import jax
@@ -12,6 +13,7 @@ from numpyro.handlers import substitute, trace
 from ..core.arguments import check_key, count, named_plate_errors
 from ..core.data_check import check_observed
 from ..core.expectation import Expectation, refuse_unverified_additive
+from ..core.model_enum import declared_plate_nesting
 
 
 class Objective:
@@ -22,7 +24,9 @@ class Objective:
     itself callable with the program's signature, so objectives compose (an objective
     can call another inside its own program). ``num_estimates`` averages that many
     independent estimates (vectorized with ``vmap``; each keeps the program's own
-    Rao-Blackwellization and plate fast path).
+    Rao-Blackwellization and plate fast path). ``max_plate_nesting`` is
+    ``TraceEnum_ELBO``'s: model-side enumerated dims go left of that many plate dims
+    (``None``: as many as the model's plates use).
     """
 
     can_infer_discrete = True
@@ -35,6 +39,7 @@ class Objective:
         rao_blackwellize: bool = True,
         stick_the_landing: bool = False,
         num_estimates: int = 1,
+        max_plate_nesting: int | None = None,
     ):
         if not callable(program):
             raise TypeError(f"ppl.Objective needs a callable program, got {type(program).__name__}")
@@ -45,6 +50,7 @@ class Objective:
         self.additive = additive
         self.rao_blackwellize = rao_blackwellize
         self.stick_the_landing = stick_the_landing
+        self.max_plate_nesting = _plate_nesting(max_plate_nesting, self.name)
         self._checked = None  # (model, guide, *data leaves) whose observations were checked
         functools.update_wrapper(self, program, updated=[])
 
@@ -86,7 +92,7 @@ class Objective:
     def estimate_with_updates(self, rng_key, params, model, guide, *args, **kwargs):
         """(estimate, next states of the running baselines read, by mutable-site name)."""
         check_key(rng_key, repr(self))
-        with named_plate_errors():
+        with named_plate_errors(), declared_plate_nesting(self.max_plate_nesting):
             self.check_data(rng_key, params, model, guide, *args, **kwargs)
             E = self.expectation(model, guide, params)
             if self.num_estimates == 1:
@@ -156,7 +162,47 @@ def _mutable_sites(rng_key, params, model, guide, args, kwargs):
     return state
 
 
-def objective(program: Callable | None = None, *, name: str | None = None, additive=False):
+def _plate_nesting(value, who: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{who}: max_plate_nesting must be an int >= 0 or None, got {value!r}")
+    return value
+
+
+def numpyro_loss_options(factory: Callable) -> Callable:
+    """Give an objective factory the keywords NumPyro's ELBOs take, so that swapping
+    ``loss=`` keeps them: ``max_plate_nesting`` (as ``TraceEnum_ELBO``'s) and
+    ``vectorize_particles`` (accepted either way: ppl always vectorizes its particles,
+    which changes no value, only memory)."""
+
+    @functools.wraps(factory)
+    def make(*args, max_plate_nesting=None, vectorize_particles=True, **kwargs):
+        if not isinstance(vectorize_particles, bool):
+            raise TypeError(
+                f"{factory.__name__}: vectorize_particles must be a bool, "
+                f"got {vectorize_particles!r}"
+            )
+        made = factory(*args, **kwargs)
+        made.max_plate_nesting = _plate_nesting(max_plate_nesting, factory.__name__)
+        return made
+
+    signature = inspect.signature(factory)
+    extra = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
+        for name, default in (("max_plate_nesting", None), ("vectorize_particles", True))
+    ]
+    make.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *extra])
+    return make
+
+
+def objective(
+    program: Callable | None = None,
+    *,
+    name: str | None = None,
+    additive=False,
+    max_plate_nesting: int | None = None,
+):
     """Decorator: ``@ppl.objective`` turns ``program(model, guide, *args)`` into an SVI loss.
 
     ``additive=True`` is reserved for ppl's own ELBO family (a user's program is refused:
@@ -171,6 +217,7 @@ def objective(program: Callable | None = None, *, name: str | None = None, addit
 
         svi = SVI(model, guide, optax.adam(1e-2), loss=my_elbo)
     """
+    options = dict(name=name, additive=additive, max_plate_nesting=max_plate_nesting)
     if program is None:
-        return lambda p: Objective(p, name=name, additive=additive)
-    return Objective(program, name=name, additive=additive)
+        return lambda p: Objective(p, **options)
+    return Objective(program, **options)

@@ -21,7 +21,7 @@ from numpyro.distributions import constraints
 from ..core.arguments import count
 from ..core.constructs import density, simulate
 from ..core.strategies import StrategyError
-from ..infer.svi import Objective
+from ..infer.svi import Objective, numpyro_loss_options
 from .weights import require_reparameterized
 
 STEP_SIZE = "annealed_step_size"
@@ -52,6 +52,7 @@ def _require_real(trace, names, who):
             )
 
 
+@numpyro_loss_options
 def annealed(num_steps: int = 5, step_size: float = 0.05) -> Objective:
     """E[log w], w = p(x, z_T) prod_t B_t(z_(t-1) | z_t) / (q(z_0) prod_t F_t(z_t | z_(t-1))).
 

@@ -6,10 +6,11 @@ import jax.numpy as jnp
 
 from ..core.arguments import count
 from ..core.constructs import particles
-from ..infer.svi import Objective
+from ..infer.svi import Objective, numpyro_loss_options
 from .weights import default_reinforce, log_weight
 
 
+@numpyro_loss_options
 def elbo(
     num_particles: int = 1,
     rao_blackwellize: bool = True,

@@ -9,9 +9,10 @@ from numpyro.handlers import block, seed, trace
 
 from ..core.arguments import count
 from ..core.constructs import density
-from ..infer.svi import Objective
+from ..infer.svi import Objective, numpyro_loss_options
 
 
+@numpyro_loss_options
 def forward_kl(data_arg: str = "data", observed: str = "x", num_pairs: int = 1) -> Objective:
     """E_{p(z, x)}[log q(z | x)]: maximizing it minimizes E_x KL(p(z | x) || q(z | x)).
 

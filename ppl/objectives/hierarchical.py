@@ -7,10 +7,11 @@ from collections.abc import Callable, Sequence
 
 from ..core.arguments import count
 from ..core.marginal import marginal
-from ..infer.svi import Objective
+from ..infer.svi import Objective, numpyro_loss_options
 from .weights import log_mean_exp, log_weight, log_weights
 
 
+@numpyro_loss_options
 def hvi(keep: Sequence[str], reverse: Callable) -> Objective:
     """E[log p(x, z) + log r(u | z) - log q(u, z)] <= ELBO(q(z)) <= log p(x).
 
@@ -24,6 +25,7 @@ def hvi(keep: Sequence[str], reverse: Callable) -> Objective:
     return Objective(program, name="hvi")
 
 
+@numpyro_loss_options
 def iwhvi(keep: Sequence[str], reverse: Callable, num_samples: int = 5) -> Objective:
     """HVI with an importance-weighted bound on log q(z) from ``num_samples`` reverse draws."""
     num_samples = count(num_samples, "num_samples", "iwhvi")
@@ -34,6 +36,7 @@ def iwhvi(keep: Sequence[str], reverse: Callable, num_samples: int = 5) -> Objec
     return Objective(program, name=f"iwhvi(num_samples={num_samples})")
 
 
+@numpyro_loss_options
 def diwhvi(
     keep: Sequence[str], reverse: Callable, num_particles: int = 5, num_samples: int = 5
 ) -> Objective:

@@ -8,10 +8,11 @@ from jax import lax
 
 from ..core.arguments import count
 from ..core.constructs import density, particles, simulate
-from ..infer.svi import Objective
+from ..infer.svi import Objective, numpyro_loss_options
 from .weights import default_reinforce, log_mean_exp, log_weights, require_reparameterized
 
 
+@numpyro_loss_options
 def iwae(num_particles: int = 5, dreg: bool = False) -> Objective:
     """IWAE bound E[log (1/K) sum_k w_k] <= log p(x), w_k = p(x, z_k) / q(z_k).
 
@@ -50,6 +51,7 @@ def _dreg_iwae(model, guide, num_particles, args, kwargs):
     )
 
 
+@numpyro_loss_options
 def renyi(alpha: float = 0.5, num_particles: int = 5) -> Objective:
     """Rényi (VR) bound E[1/(1-alpha) log (1/K) sum_k w_k^(1-alpha)]; alpha=0 is IWAE."""
     num_particles = count(num_particles, "num_particles", "renyi")
@@ -63,6 +65,7 @@ def renyi(alpha: float = 0.5, num_particles: int = 5) -> Objective:
     return Objective(program, name=f"renyi(alpha={alpha}, num_particles={num_particles})")
 
 
+@numpyro_loss_options
 def vimco(num_particles: int = 5) -> Objective:
     """IWAE with VIMCO's leave-one-out baselines on every non-reparameterizable guide site.
 
@@ -77,6 +80,7 @@ def vimco(num_particles: int = 5) -> Objective:
     return Objective(program, name=f"vimco(num_particles={num_particles})")
 
 
+@numpyro_loss_options
 def cubo(n: float = 2.0, num_particles: int = 5, exponentiated: bool = False) -> Objective:
     """χ upper bound CUBO_n = (1/n) log E_q[w^n] >= log p(x), maximized as -CUBO.
 

@@ -12,7 +12,7 @@ from numpyro.primitives import mutable
 from ..core.arguments import count
 from ..core.constructs import density, particles
 from ..core.runtime import update_state
-from ..infer.svi import Objective
+from ..infer.svi import Objective, numpyro_loss_options
 from .wake_sleep import _hidden_guide_run
 from .weights import log_mean_exp
 
@@ -27,6 +27,7 @@ def msc_chain(name: str = "msc_chain", **like) -> dict:
     return mutable(name, {"values": values, "initialized": jnp.zeros(())})
 
 
+@numpyro_loss_options
 def msc(num_particles: int = 5, chain: str = "msc_chain") -> Objective:
     """Markovian score climbing: z_t ~ CIS(z_(t-1)), then ascend log q(z_t) (and log p(x, z_t)).
 

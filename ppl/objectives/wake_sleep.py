@@ -12,7 +12,7 @@ from numpyro.handlers import block, seed
 
 from ..core.arguments import count
 from ..core.constructs import density, particles, simulate
-from ..infer.svi import Objective
+from ..infer.svi import Objective, numpyro_loss_options
 from .weights import log_mean_exp, require_reparameterized
 
 
@@ -24,6 +24,7 @@ def _hidden_guide_run(guide, args, kwargs):
         return simulate(guide, *args, **kwargs)
 
 
+@numpyro_loss_options
 def rws(
     num_particles: int = 5,
     dreg: bool = False,
@@ -130,6 +131,7 @@ def _dreg_rws(model, guide, num_particles, args, kwargs):
     return log_mean_exp(log_w) + wake_theta + wake_phi
 
 
+@numpyro_loss_options
 def tail_adaptive(num_particles: int = 5, beta: float = -1.0) -> Objective:
     """Tail-adaptive f-divergence (Wang, Liu & Liu 2018) for a reparameterized guide.
 
