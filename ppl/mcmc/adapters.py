@@ -26,6 +26,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
+from numpyro.infer.hmc import HMC as NumPyroHMC
+from numpyro.infer.hmc import NUTS as NumPyroNUTS
 from numpyro.infer.hmc_util import (
     build_adaptation_schedule,
     dual_averaging,
@@ -109,6 +111,29 @@ class KernelState(NamedTuple):
             f"{list(self._fields)} and potential_energy, z_grad, adapt_state (gradient "
             "kernels); num_steps / diverging are None where a kernel does not report them"
         )
+
+
+_plain_replace = KernelState._replace
+
+
+def _replace_with_numpyro_names(state: KernelState, **changes) -> KernelState:
+    """``_replace`` that also takes NumPyro's ``HMCState`` names (``z``,
+    ``potential_energy``, ``z_grad``, ``adapt_state``), as NumPyro's composite kernels
+    (``HMCECS``) write them into their inner kernel's state."""
+    inner = {}
+    if "z" in changes:
+        inner["position"] = changes.pop("z")
+    if "potential_energy" in changes:
+        inner["logdensity"] = -changes.pop("potential_energy")
+    if "z_grad" in changes:
+        inner["logdensity_grad"] = jax.tree.map(jnp.negative, changes.pop("z_grad"))
+    if "adapt_state" in changes:
+        changes["adapt"] = changes.pop("adapt_state")
+    state = _plain_replace(state, **changes)
+    return _plain_replace(state, inner=state.inner._replace(**inner)) if inner else state
+
+
+KernelState._replace = _replace_with_numpyro_names  # typing.NamedTuple forbids it in the body
 
 
 def numpyro_options(who: str, options: dict) -> None:
@@ -299,6 +324,26 @@ class ModelKernel(MCMCKernel):
         kernel._model_trace = None
         kernel._init_cache = {}
         return kernel
+
+    @property
+    def default_fields(self):
+        return ("z",)
+
+    def get_potential_fn(self, model_args=(), model_kwargs=None) -> Callable:
+        """The potential (−log density over the unconstrained latent dict) for these model
+        arguments, as NumPyro's ``HMC.get_potential_fn`` (composite kernels call it)."""
+        if self._potential_fn_gen is None:
+            if self._potential_fn is not None:
+                return self._potential_fn
+            raise RuntimeError("`get_potential_fn` needs the kernel initialized: run `init`.")
+        return self._potential_fn_gen(*model_args, **(model_kwargs or {}))
+
+    def get_constrain_fn(self, model_args=(), model_kwargs=None, *, return_deterministic=False):
+        """Unconstrained latent dict -> constrained values (and deterministic sites)."""
+        return self.postprocess_fn(model_args, model_kwargs or {})
+
+    def __getstate__(self):
+        return self.__dict__.copy()  # all of it (NumPyro's HMC drops its compiled closures)
 
     def adapt_statistic(self, info) -> jax.Array:
         """The acceptance probability that step-size adaptation steers to its target."""
@@ -503,16 +548,41 @@ class MALA(ModelKernel):
 
 class _LeapfrogKernel(ModelKernel):
     """Kernels that integrate Hamilton's equations by leapfrog (HMC, NUTS): a diagonal
-    mass matrix, adapted by default, and NumPyro's leapfrog step-size search."""
+    mass matrix, adapted by default, and NumPyro's leapfrog step-size search.
+
+    :class:`HMC` and :class:`NUTS` are also NumPyro's ``HMC`` / ``NUTS`` for
+    ``isinstance``, so that NumPyro's composite kernels take them as their inner kernel
+    (``HMCGibbs``, ``DiscreteHMCGibbs``, ``HMCECS``, ``Gibbs`` blocks): those drive an
+    inner kernel only through ``init`` / ``sample`` / ``refresh`` / ``wrap_model`` /
+    ``get_potential_fn`` / ``get_constrain_fn``, which ppl's kernels implement. NumPyro's
+    ``MixedHMC`` reads NumPyro's HMC state internals instead, and is refused by name."""
 
     supports_mass_matrix = True
     adapts_mass_matrix = True
+
+    @property
+    def _dense_mass(self):
+        # read only by NumPyro's MixedHMC (with _target_accept_prob), which also drives
+        # NumPyro's HMCState internals
+        raise self._mixed_hmc_refusal()
+
+    @property
+    def _target_accept_prob(self):
+        raise self._mixed_hmc_refusal()
+
+    def _mixed_hmc_refusal(self) -> ValueError:
+        return ValueError(
+            f"ppl.mcmc.{type(self).__name__} cannot be the inner kernel of NumPyro's MixedHMC"
+            " (it steps NumPyro's own HMC state: momentum and mass-matrix internals); use"
+            " numpyro.infer.HMC there, or mark the discrete sites for enumeration"
+            " (config_enumerate) and run ppl.mcmc.NUTS on the model"
+        )
 
     def find_step_size(self, logdensity_fn):
         return _leapfrog_step_size(logdensity_fn)
 
 
-class HMC(_LeapfrogKernel):
+class HMC(_LeapfrogKernel, NumPyroHMC):
     """HMC with ``num_steps`` leapfrog steps on a NumPyro model (``adjusted=False``: no
     MH test); step size tuned during warm-up to ``target_accept_prob`` (default 0.8) and,
     with ``adapt_mass_matrix=True`` (the default), a diagonal inverse mass matrix
@@ -588,7 +658,7 @@ class HMC(_LeapfrogKernel):
         return self._num_steps
 
 
-class NUTS(_LeapfrogKernel):
+class NUTS(_LeapfrogKernel, NumPyroNUTS):
     """The No-U-Turn Sampler on a NumPyro model (BlackJAX's NUTS, see
     :func:`ppl.mcmc.nuts`): path length chosen per step, step size tuned during warm-up
     to ``target_accept_prob`` (default 0.8) and a diagonal inverse mass matrix estimated
