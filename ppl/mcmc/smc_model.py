@@ -124,6 +124,15 @@ class SMC:
             num_resampled=num_resampled,
         )
 
+    @property
+    def sample_field(self):
+        # the first thing numpyro.infer.MCMC reads of its kernel
+        raise TypeError(
+            "ppl.mcmc.SMC is not an MCMC kernel for numpyro.infer.MCMC (SMC is a population"
+            " of particles, not a Markov chain): run it directly, res ="
+            " ppl.mcmc.SMC(model).run(key, *args); res.particles holds the posterior draws"
+        )
+
     def run(self, rng_key: jax.Array, *args, **kwargs) -> SMCResult:
         """Run SMC on ``model(*args, **kwargs)``; jit- and vmap-compatible."""
         check_key(rng_key, "SMC.run", seeds=False)
