@@ -2,10 +2,11 @@
 
 The model is moved to unconstrained space with ``numpyro.infer.util.initialize_model``
 (log density = −potential, ``postprocess_fn`` constrains and adds deterministic sites).
-During warm-up the step size (dual averaging) and, for kernels that take one, a diagonal
-inverse mass matrix (Welford variance estimates over Stan's doubling windows, regularized
-as in Stan) are adapted by NumPyro's own ``hmc_util.warmup_adapter``, the step size
-re-initialized at each window end by ``find_reasonable_step_size``. A batch of keys
+During warm-up the step size (dual averaging) and, for kernels that take one, the inverse
+mass matrix (Welford variance, or with ``dense_mass`` covariance, estimates over Stan's
+doubling windows, regularized as in Stan) are adapted by NumPyro's own
+``hmc_util.warmup_adapter``, the step size re-initialized at each window end by
+``find_reasonable_step_size``. A batch of keys
 (``chain_method="vectorized"``) vmaps ``init`` and ``sample`` as NumPyro's ``HMC`` does;
 then, during warm-up only, a chain lost far below the others' log density restarts from a
 healthy chain's state (:func:`ppl.mcmc.ensemble_rescue.rescue_vectorized`; NumPyro's NUTS
@@ -44,14 +45,19 @@ from ..core.arguments import count
 from .base import Kernel, summarize
 from .ensemble_rescue import rescue_vectorized
 from .gradient import hmc, jitter_fraction, mala
+from .metric import check_blocks, check_inverse_mass_matrix, euclidean, is_diagonal
 from .mh import random_walk
 from .nuts import nuts
 
 
 class AdaptState(NamedTuple):
     """Warm-up adaptation state, field for field NumPyro's ``HMCAdaptState``: the step size
-    and diagonal inverse mass matrix in use (and its square roots), the dual-averaging
-    state over log step size, the Welford variance state, the adaptation window index."""
+    and inverse mass matrix in use (and NumPyro's square roots of it), the dual-averaging
+    state over log step size, the Welford (co)variance state, the adaptation window index.
+    ``inverse_mass_matrix`` is a ``(d,)`` diagonal over the flattened unconstrained latent
+    vector, with ``dense_mass=True`` a ``(d, d)`` matrix, with ``dense_mass=[...]`` NumPyro's
+    dict from tuples of site names to blocks. (NumPyro's own kernel on a model wraps even
+    the first two in a one-entry dict keyed by the sorted site names.)"""
 
     step_size: jax.Array
     inverse_mass_matrix: jax.Array
@@ -136,10 +142,12 @@ def _replace_with_numpyro_names(state: KernelState, **changes) -> KernelState:
 KernelState._replace = _replace_with_numpyro_names  # typing.NamedTuple forbids it in the body
 
 
-def numpyro_options(who: str, options: dict) -> None:
+def numpyro_options(who: str, options: dict) -> bool | list:
     """Check the other NumPyro ``HMC`` / ``NUTS`` keywords, for a drop-in swap of the kernel:
     their defaults, and ``find_heuristic_step_size`` (ppl runs that search anyway, at the
     start of every adaptation window), are accepted; what ppl cannot do is refused by name.
+    Returns ``dense_mass``: ``False``, ``True`` or a non-empty list of tuples of site names
+    (NumPyro's structured mass matrix; ``[]`` is ``False``, as in NumPyro).
     """
     known = {"kinetic_fn", "dense_mass", "forward_mode_differentiation", "find_heuristic_step_size"}
     unknown = sorted(set(options) - known)
@@ -148,16 +156,19 @@ def numpyro_options(who: str, options: dict) -> None:
     if options.get("kinetic_fn") is not None:
         raise ValueError(f"{who}: kinetic_fn is not supported (Euclidean kinetic energy only)")
     dense = options.get("dense_mass", False)
-    if dense is not False:
+    if isinstance(dense, list):
+        check_blocks(dense, {k for key in dense if isinstance(key, tuple) for k in key})
+        dense = list(dense) or False
+    elif not isinstance(dense, bool):
         raise ValueError(
-            f"{who}: dense_mass={dense!r} is not supported: the mass matrix is diagonal"
-            " (ppl.mcmc.ChEES(model, dense_mass=True) estimates a dense metric from its"
-            " chains; or use NumPyro's own kernel)"
+            f"{who}: dense_mass must be True, False or a list of tuples of site names"
+            f" (NumPyro's structured mass matrix, e.g. [('x', 'y'), ('z',)]), got {dense!r}"
         )
     if options.get("forward_mode_differentiation", False):
         raise ValueError(f"{who}: forward_mode_differentiation=True is not supported")
     if not isinstance(options.get("find_heuristic_step_size", False), bool):
         raise ValueError(f"{who}: find_heuristic_step_size must be a bool")
+    return dense
 
 
 class ModelKernel(MCMCKernel):
@@ -165,9 +176,11 @@ class ModelKernel(MCMCKernel):
     returning a pure :class:`~ppl.mcmc.Kernel`; everything else (initialization,
     unconstrained space, warm-up adaptation, vectorized chains) lives here. A subclass
     whose ``build`` also takes ``inverse_mass_matrix`` (a diagonal over the flattened
-    unconstrained position) sets ``supports_mass_matrix = True`` and gets it adapted
-    when ``adapt_mass_matrix=True``; ``adapt_mass_matrix=None`` takes the class's default
-    ``adapts_mass_matrix`` (True for :class:`MALA` and :class:`HMC`).
+    unconstrained position; dense or structured where the subclass sets ``_mass_structure``,
+    as :class:`HMC` and :class:`NUTS` do from NumPyro's ``dense_mass``) sets
+    ``supports_mass_matrix = True`` and gets it adapted when ``adapt_mass_matrix=True``;
+    ``adapt_mass_matrix=None`` takes the class's default ``adapts_mass_matrix`` (True for
+    :class:`MALA` and :class:`HMC`).
 
     Example::
 
@@ -179,6 +192,7 @@ class ModelKernel(MCMCKernel):
     target_accept_prob: float = 0.8
     supports_mass_matrix: bool = False
     adapts_mass_matrix: bool = False  # the default of ``adapt_mass_matrix``
+    _mass_structure: bool | list = False  # NumPyro's ``dense_mass`` (HMC, NUTS)
 
     def __init__(
         self,
@@ -237,7 +251,7 @@ class ModelKernel(MCMCKernel):
             find_reasonable_step_size=None,
             adapt_step_size=self._adapt_step_size,
             adapt_mass_matrix=self._adapt_mass_matrix,
-            dense_mass=False,
+            dense_mass=self._mass_structure,
             target_accept_prob=self.target_accept_prob,
             regularize_mass_matrix=self._regularize_mass_matrix,
         )
@@ -374,10 +388,34 @@ class ModelKernel(MCMCKernel):
             init_params = init_params.z
         if init_params is None:
             raise ValueError("Valid `init_params` must be provided with `potential_fn`.")
+        self._check_mass_structure(init_params)
         self._sample_fn = self._sample_one
         if vectorized:
             self._sample_fn = jax.vmap(self._sample_one, in_axes=(0, None, None, None))
         return self._init_fn(num_warmup, vectorized, model_args, model_kwargs)(init_params, rng_key)
+
+    def _check_mass_structure(self, z) -> None:
+        """A ``ValueError`` naming what is wrong with a structured ``dense_mass`` (or a
+        structured ``inverse_mass_matrix``) for the latent sites of ``z``."""
+        imm = self._inverse_mass_matrix
+        structured = isinstance(self._mass_structure, list)
+        if not (structured or isinstance(imm, dict)):
+            return
+        who = type(self).__name__
+        if not isinstance(z, dict):
+            raise ValueError(
+                f"{who}: a structured mass matrix (dense_mass=[...] or a dict"
+                " inverse_mass_matrix) needs a model or a dict of init_params"
+            )
+        if isinstance(imm, dict) and not structured:
+            raise ValueError(
+                f"{who}: a dict inverse_mass_matrix (NumPyro's structured form) needs"
+                " dense_mass given as the list of its tuples of site names; with"
+                f" dense_mass={self._mass_structure} give a (d,) or (d, d) array"
+            )
+        check_blocks(self._mass_structure, z)
+        if isinstance(imm, dict):
+            check_blocks(imm, z)
 
     def _init_fn(self, num_warmup, vectorized, model_args, model_kwargs) -> Callable:
         """``(z, key) -> KernelState`` (vmapped over chains when ``vectorized``), jitted once
@@ -407,6 +445,8 @@ class ModelKernel(MCMCKernel):
         key, key_adapt = jax.random.split(key)
         step_size = jnp.asarray(self._step_size, jnp.result_type(float))
         inv_mass = self._inverse_mass_matrix
+        if isinstance(inv_mass, dict):  # NumPyro's initializer fills in the dict it is given
+            inv_mass = dict(inv_mass)
         adapt = AdaptState(
             *wa_init((z, None, None, None), key_adapt, step_size, inverse_mass_matrix=inv_mass)
         )
@@ -487,7 +527,9 @@ def _leapfrog_step_size(logdensity_fn: Callable) -> Callable:
     def momentum(z, inverse_mass_matrix, key):
         flat, unravel = ravel_pytree(z)
         eps = jax.random.normal(key, flat.shape, flat.dtype)
-        return unravel(eps / jnp.sqrt(inverse_mass_matrix))
+        if is_diagonal(inverse_mass_matrix):
+            return unravel(eps / jnp.sqrt(inverse_mass_matrix))
+        return unravel(euclidean(inverse_mass_matrix, z).momentum(eps))
 
     return partial(
         find_reasonable_step_size,
@@ -547,8 +589,9 @@ class MALA(ModelKernel):
 
 
 class _LeapfrogKernel(ModelKernel):
-    """Kernels that integrate Hamilton's equations by leapfrog (HMC, NUTS): a diagonal
-    mass matrix, adapted by default, and NumPyro's leapfrog step-size search.
+    """Kernels that integrate Hamilton's equations by leapfrog (HMC, NUTS): a diagonal,
+    dense or structured mass matrix (NumPyro's ``dense_mass``), adapted by default, and
+    NumPyro's leapfrog step-size search.
 
     :class:`HMC` and :class:`NUTS` are also NumPyro's ``HMC`` / ``NUTS`` for
     ``isinstance``, so that NumPyro's composite kernels take them as their inner kernel
@@ -578,6 +621,10 @@ class _LeapfrogKernel(ModelKernel):
             " (config_enumerate) and run ppl.mcmc.NUTS on the model"
         )
 
+    def _set_mass_structure(self, dense_mass, who: str) -> None:
+        self._mass_structure = dense_mass  # not ``_dense_mass``: MixedHMC's refusal above
+        check_inverse_mass_matrix(self._inverse_mass_matrix, who)
+
     def find_step_size(self, logdensity_fn):
         return _leapfrog_step_size(logdensity_fn)
 
@@ -585,21 +632,25 @@ class _LeapfrogKernel(ModelKernel):
 class HMC(_LeapfrogKernel, NumPyroHMC):
     """HMC with ``num_steps`` leapfrog steps on a NumPyro model (``adjusted=False``: no
     MH test); step size tuned during warm-up to ``target_accept_prob`` (default 0.8) and,
-    with ``adapt_mass_matrix=True`` (the default), a diagonal inverse mass matrix
-    estimated from the warm-up draws in Stan's windows (NumPyro's ``warmup_adapter``).
+    with ``adapt_mass_matrix=True`` (the default), the inverse mass matrix estimated from
+    the warm-up draws in Stan's windows (NumPyro's ``warmup_adapter``): a diagonal, or as
+    NumPyro's ``dense_mass=True`` one dense (d, d) covariance over the flattened
+    unconstrained latent vector, or ``dense_mass=[("x", "y"), ...]`` NumPyro's structured
+    form (dense blocks over the named sites, one diagonal block over the rest).
     Each step's ε is jittered uniformly within ±``step_size_jitter`` (default 20%) of the
     tuned value: with a fixed ε·L, a well-preconditioned near-Gaussian posterior can make
     trajectories near-periodic (measured on a 5-d Gaussian: min ESS 8–65 of 2000 draws in
     3 of 8 runs without jitter, ≥ 382 in all 8 with it). ``step_size_jitter=0`` turns it off.
-    NumPyro's keywords work for a drop-in swap (``regularize_mass_matrix``,
+    NumPyro's keywords work for a drop-in swap (``dense_mass``, ``regularize_mass_matrix``,
     ``find_heuristic_step_size``, ``trajectory_length`` with ``num_steps`` given); those ppl
-    cannot honour (``dense_mass=True``, ``kinetic_fn``, ``forward_mode_differentiation``, an
-    adaptive step count from ``trajectory_length`` alone) raise a ``ValueError``.
+    cannot honour (``kinetic_fn``, ``forward_mode_differentiation``, an adaptive step count
+    from ``trajectory_length`` alone) raise a ``ValueError``.
 
     Example::
 
         mcmc = MCMC(ppl.mcmc.HMC(model, num_steps=10), num_warmup=500, num_samples=1000,
                     num_chains=2, chain_method="vectorized")
+        mcmc = MCMC(ppl.mcmc.HMC(model, num_steps=10, dense_mass=True), ...)
     """
 
     def __init__(
@@ -620,7 +671,7 @@ class HMC(_LeapfrogKernel, NumPyroHMC):
         regularize_mass_matrix: bool = True,
         **numpyro_kwargs,
     ):
-        numpyro_options("ppl.mcmc.HMC", numpyro_kwargs)
+        dense_mass = numpyro_options("ppl.mcmc.HMC", numpyro_kwargs)
         super().__init__(
             model,
             potential_fn,
@@ -632,6 +683,7 @@ class HMC(_LeapfrogKernel, NumPyroHMC):
             inverse_mass_matrix,
             regularize_mass_matrix,
         )
+        self._set_mass_structure(dense_mass, "ppl.mcmc.HMC")
         if num_steps is None:
             if trajectory_length is not None:
                 raise ValueError(
@@ -661,19 +713,28 @@ class HMC(_LeapfrogKernel, NumPyroHMC):
 class NUTS(_LeapfrogKernel, NumPyroNUTS):
     """The No-U-Turn Sampler on a NumPyro model (BlackJAX's NUTS, see
     :func:`ppl.mcmc.nuts`): path length chosen per step, step size tuned during warm-up
-    to ``target_accept_prob`` (default 0.8) and a diagonal inverse mass matrix estimated
-    in Stan's windows (NumPyro's ``warmup_adapter``), as NumPyro's ``NUTS``. NumPyro's
-    keywords work for a drop-in swap: ``max_tree_depth`` (= ``max_num_doublings``),
-    ``regularize_mass_matrix``, ``find_heuristic_step_size``, ``trajectory_length``
-    (ignored, as NumPyro's NUTS does); ``dense_mass=True``, ``kinetic_fn`` and
+    to ``target_accept_prob`` (default 0.8) and the inverse mass matrix estimated in Stan's
+    windows (NumPyro's ``warmup_adapter``), as NumPyro's ``NUTS``: a diagonal by default;
+    with ``dense_mass=True`` one dense (d, d) covariance over the flattened unconstrained
+    latent vector (sites by sorted name), momentum p ~ N(0, M) and U-turn checks on the
+    velocities M⁻¹p as BlackJAX's ``gaussian_euclidean``; with ``dense_mass=[("x", "y"),
+    ...]`` NumPyro's structured form (dense blocks over the named sites, a diagonal over
+    the rest; ``inverse_mass_matrix`` is then NumPyro's dict keyed by tuples of site names).
+    NumPyro's keywords work for a drop-in swap: ``dense_mass``, ``max_tree_depth``
+    (= ``max_num_doublings``), ``regularize_mass_matrix``, ``find_heuristic_step_size``,
+    ``trajectory_length`` (ignored, as NumPyro's NUTS does); ``kinetic_fn`` and
     ``forward_mode_differentiation`` raise a ``ValueError``. ``extra_fields`` takes
     NumPyro's names: ``potential_energy``, ``z_grad``, ``accept_prob``, ``mean_accept_prob``,
-    ``num_steps``, ``diverging``, ``adapt_state.step_size``.
+    ``num_steps``, ``diverging``, ``adapt_state.step_size``,
+    ``adapt_state.inverse_mass_matrix``.
 
     Example::
 
         mcmc = MCMC(ppl.mcmc.NUTS(model), num_warmup=500, num_samples=1000,
                     num_chains=4, chain_method="vectorized")
+        mcmc = MCMC(ppl.mcmc.NUTS(model, dense_mass=True), num_warmup=500, num_samples=1000)
+        mcmc.run(key, data)
+        mcmc.last_state.adapt_state.inverse_mass_matrix  # (d, d): the adapted covariance
     """
 
     def __init__(
@@ -693,7 +754,7 @@ class NUTS(_LeapfrogKernel, NumPyroNUTS):
         trajectory_length: float | None = None,
         **numpyro_kwargs,
     ):
-        numpyro_options("ppl.mcmc.NUTS", numpyro_kwargs)
+        dense_mass = numpyro_options("ppl.mcmc.NUTS", numpyro_kwargs)
         super().__init__(
             model,
             potential_fn,
@@ -705,6 +766,7 @@ class NUTS(_LeapfrogKernel, NumPyroNUTS):
             inverse_mass_matrix,
             regularize_mass_matrix,
         )
+        self._set_mass_structure(dense_mass, "ppl.mcmc.NUTS")
         if max_tree_depth is not None:  # NumPyro's name for the same bound
             if isinstance(max_tree_depth, tuple):
                 raise ValueError(

@@ -10,6 +10,7 @@ from jax.flatten_util import ravel_pytree
 
 from ..core.arguments import count
 from .base import GradState, Info, Kernel, mh_accept
+from .metric import Metric, euclidean, is_diagonal
 
 
 def _grad_init(logdensity_fn):
@@ -58,6 +59,8 @@ def mala(
 
 def leapfrog(logdensity_fn: Callable, step_size, num_steps: int, inverse_mass_matrix=1.0):
     """``num_steps`` leapfrog steps of H(x, p) = -log π(x) + ½pᵀM⁻¹p on flat arrays.
+    ``inverse_mass_matrix`` M⁻¹ is a scalar, a diagonal, a dense (d, d) matrix or a
+    :class:`ppl.mcmc.metric.Metric` (whose ``velocity`` gives M⁻¹p).
 
     Returns ``integrate(x, p, grad_x) -> (x, p, logdensity, grad)``; ``logdensity_fn``
     takes the flat array. Example: ``leapfrog(lambda x: -0.5 * x @ x, 0.1, 10)``.
@@ -66,10 +69,19 @@ def leapfrog(logdensity_fn: Callable, step_size, num_steps: int, inverse_mass_ma
     vg = jax.value_and_grad(logdensity_fn)
 
     def integrate(x, p, grad):
+        metric = inverse_mass_matrix
+        if not isinstance(metric, Metric) and not is_diagonal(metric):
+            metric = euclidean(metric, x)
+
+        def move(x, p):
+            if isinstance(metric, Metric):
+                return x + step_size * metric.velocity(p)
+            return x + step_size * inverse_mass_matrix * p
+
         def body(_, carry):
             x, p, _, grad = carry
             p = p + 0.5 * step_size * grad
-            x = x + step_size * inverse_mass_matrix * p
+            x = move(x, p)
             logdensity, grad = vg(x)
             p = p + 0.5 * step_size * grad
             return x, p, logdensity, grad
@@ -117,8 +129,14 @@ def hmc(
         k_mom, k_acc, *k_eps = jax.random.split(key, 3 if step_size_jitter else 2)
         x, unravel = ravel_pytree(state.position)
         gx, _ = ravel_pytree(state.logdensity_grad)
-        inv_mass = jnp.broadcast_to(jnp.asarray(inverse_mass_matrix, x.dtype), x.shape)
-        p = jax.random.normal(k_mom, x.shape, x.dtype) / jnp.sqrt(inv_mass)
+        noise = jax.random.normal(k_mom, x.shape, x.dtype)
+        if is_diagonal(inverse_mass_matrix):
+            inv_mass = jnp.broadcast_to(jnp.asarray(inverse_mass_matrix, x.dtype), x.shape)
+            p = noise / jnp.sqrt(inv_mass)
+            kinetic = lambda m: 0.5 * jnp.sum(inv_mass * m**2)
+        else:  # dense or structured
+            inv_mass = euclidean(inverse_mass_matrix, state.position)
+            p, kinetic = inv_mass.momentum(noise), inv_mass.kinetic
         eps = step_size
         if step_size_jitter:
             u = jax.random.uniform(k_eps[0], (), minval=-1.0)
@@ -126,8 +144,11 @@ def hmc(
         integrate = leapfrog(lambda z: logdensity_fn(unravel(z)), eps, num_steps, inv_mass)
         y, q, logdensity, gy = integrate(x, p, gx)
         new = GradState(unravel(y), logdensity, unravel(gy))
-        kinetic = lambda m: 0.5 * jnp.sum(inv_mass * m**2)
-        log_ratio = logdensity - kinetic(q) - state.logdensity + kinetic(p)
+        new_kinetic = kinetic(q)
+        log_ratio = logdensity - new_kinetic - state.logdensity + kinetic(p)
+        # a new energy that is not finite rejects (as NaN does in ``mh_accept``): −∞ comes
+        # from a log density of +∞, or a dense pᵀM⁻¹p of an overflowing p rounded to −∞
+        log_ratio = jnp.where(jnp.isfinite(new_kinetic - logdensity), log_ratio, -jnp.inf)
         if adjusted:
             return mh_accept(k_acc, log_ratio, new, state)
         log_ratio = jnp.where(jnp.isnan(log_ratio), -jnp.inf, log_ratio)

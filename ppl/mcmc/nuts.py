@@ -15,7 +15,7 @@ so on small models the number of ops per leapfrog step, not the gradient, sets t
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +24,7 @@ from jax.flatten_util import ravel_pytree
 from ..core.arguments import count
 from .base import GradState, Kernel
 from .gradient import _grad_init
+from .metric import Metric, euclidean
 
 
 class NUTSInfo(NamedTuple):
@@ -59,16 +60,19 @@ def _select(pred, a, b):
 def nuts(
     logdensity_fn: Callable,
     step_size: float | jax.Array,
-    inverse_mass_matrix: float | jax.Array = 1.0,
+    inverse_mass_matrix: Any = 1.0,
     max_num_doublings: int = 10,
     divergence_threshold: float = 1000.0,
 ) -> Kernel:
-    """NUTS (Hoffman & Gelman, 2014; Betancourt, 2017) with step size ε and a scalar or
-    diagonal ``inverse_mass_matrix``: the trajectory doubles (at most
-    ``max_num_doublings`` times, ≤ 2^max − 1 leapfrog steps) until it turns back on
-    itself or diverges (energy error > ``divergence_threshold``), and the next state is
-    drawn from it in proportion to exp(−H). ``Info`` is a :class:`NUTSInfo`:
-    ``acceptance_rate``, ``is_accepted``, ``num_steps``, ``is_divergent``.
+    """NUTS (Hoffman & Gelman, 2014; Betancourt, 2017) with step size ε and an
+    ``inverse_mass_matrix`` M⁻¹ over the flattened position: a scalar, a diagonal, a dense
+    (d, d) matrix or NumPyro's structured dict (see :mod:`ppl.mcmc.metric`; momentum
+    p ~ N(0, M), the U-turn checks on the velocities M⁻¹p, as BlackJAX). The trajectory
+    doubles (at most ``max_num_doublings`` times, ≤ 2^max − 1 leapfrog steps) until it
+    turns back on itself or diverges (energy error > ``divergence_threshold``, or a new
+    energy that is NaN or −∞), and the next state is drawn from it in proportion to
+    exp(−H). ``Info`` is a :class:`NUTSInfo`: ``acceptance_rate``, ``is_accepted``,
+    ``num_steps``, ``is_divergent``.
 
     Example::
 
@@ -81,11 +85,10 @@ def nuts(
     def step(key, state):
         x0, unravel = ravel_pytree(state.position)
         g0, _ = ravel_pytree(state.logdensity_grad)
-        imm = jnp.broadcast_to(jnp.asarray(inverse_mass_matrix, x0.dtype), x0.shape)
         transition = _transition(
             lambda x: logdensity_fn(unravel(x)),
             step_size,
-            imm,
+            euclidean(inverse_mass_matrix, state.position),
             max_num_doublings,
             divergence_threshold,
         )
@@ -95,22 +98,20 @@ def nuts(
     return Kernel(init, step)
 
 
-def _transition(logdensity_fn, step_size, imm, max_num_doublings, divergence_threshold):
+def _transition(logdensity_fn, step_size, metric: Metric, max_num_doublings, divergence_threshold):
     """One NUTS step over flat positions: ``(key, x, logdensity, grad) -> (proposal, info)``."""
     value_and_grad = jax.value_and_grad(logdensity_fn)
-
-    def kinetic(p):
-        return 0.5 * jnp.dot(imm * p, p)
+    kinetic, velocity = metric.kinetic, metric.velocity
 
     def leapfrog(pt: _Point, eps) -> _Point:
         p = pt.p + eps * 0.5 * pt.grad
-        x = pt.x + eps * 1.0 * (imm * p)
+        x = pt.x + eps * 1.0 * velocity(p)
         logdensity, grad = value_and_grad(x)
         return _Point(x, p + eps * 0.5 * grad, logdensity, grad)
 
-    def is_turning(p_left, p_right, p_sum):  # the generalized criterion
+    def is_turning(p_left, p_right, p_sum):  # the generalized criterion, on velocities
         rho = p_sum - (p_right + p_left) / 2
-        return (jnp.dot(imm * p_left, rho) <= 0) | (jnp.dot(imm * p_right, rho) <= 0)
+        return (jnp.dot(velocity(p_left), rho) <= 0) | (jnp.dot(velocity(p_right), rho) <= 0)
 
     def integrate(key, start: _Point, direction, ckpts, num_steps, energy0):
         """Up to ``num_steps`` leapfrog steps from ``start``: the subtree's proposal (uniform
@@ -126,7 +127,9 @@ def _transition(logdensity_fn, step_size, imm, max_num_doublings, divergence_thr
             n, last, prop, p_sum, (r_ckpt, r_sum_ckpt), _, _ = carry
             new = leapfrog(last, eps)
             delta = energy0 - (-new.logdensity + kinetic(new.p))
-            delta = jnp.where(jnp.isnan(delta), -jnp.inf, delta)
+            # a NaN energy diverges (BlackJAX); so does a new energy of −∞, which a dense
+            # metric's pᵀM⁻¹p of an overflowing momentum can round to (a sum of ±∞ terms)
+            delta = jnp.where(jnp.isnan(delta) | (delta == jnp.inf), -jnp.inf, delta)
             diverging = -delta > divergence_threshold
             first = n == 0
             accept = first | jax.random.bernoulli(
@@ -164,7 +167,7 @@ def _transition(logdensity_fn, step_size, imm, max_num_doublings, divergence_thr
 
     def transition(key, x, logdensity, grad):
         key_momentum, key_integrator = jax.random.split(key)
-        p = jax.random.normal(key_momentum, x.shape, x.dtype) * (1 / jnp.sqrt(imm))
+        p = metric.momentum(jax.random.normal(key_momentum, x.shape, x.dtype))
         start = _Point(x, p, logdensity, grad)
         energy0 = -logdensity + kinetic(p)
         proposal = _Proposal(x, logdensity, grad, jnp.zeros_like(energy0), -jnp.inf)
