@@ -76,10 +76,10 @@ def _array_metric(imm: jax.Array, size: int, dtype) -> Metric:
 
 def check_blocks(blocks, names) -> None:
     """A ``ValueError`` unless ``blocks`` (tuples of site names: NumPyro's ``dense_mass``
-    list, or the keys of a structured inverse mass matrix) name each of ``names`` (the
-    latent sites) exactly once; NumPyro's structured form leaves no site out (its adapter
-    puts the sites ``dense_mass`` does not name into one diagonal block)."""
-    names = sorted(names)
+    list, or the keys of a structured inverse mass matrix) are tuples of names among
+    ``names`` (the latent sites), none in two blocks. A site in no block is allowed here:
+    NumPyro's adapter puts the sites ``dense_mass`` leaves out into one diagonal block."""
+    names = set(names)
     seen: list[str] = []
     for key in blocks:
         if not isinstance(key, tuple) or not all(isinstance(k, str) for k in key):
@@ -90,7 +90,7 @@ def check_blocks(blocks, names) -> None:
         if unknown:
             raise ValueError(
                 f"structured mass matrix: block {key} names sites {unknown} that are not"
-                f" latent sites of the model (its latent sites: {names})"
+                f" latent sites of the model (its latent sites: {sorted(names)})"
             )
         seen.extend(key)
     twice = sorted({k for k in seen if seen.count(k) > 1})

@@ -61,8 +61,8 @@ def test_unknown_extra_field_is_named():
 @pytest.mark.parametrize(
     "make, match",
     [
-        (lambda: mcmc.NUTS(model, dense_mass=True), "dense_mass"),
-        (lambda: mcmc.HMC(model, dense_mass=[("mu",)]), "dense_mass"),
+        (lambda: mcmc.NUTS(model, dense_mass="mu"), "dense_mass"),
+        (lambda: mcmc.HMC(model, dense_mass=[("mu",), ("mu",)]), "more than one block"),
         (lambda: mcmc.NUTS(model, kinetic_fn=lambda m, r: 0.0), "kinetic_fn"),
         (lambda: mcmc.NUTS(model, forward_mode_differentiation=True), "forward_mode"),
         (lambda: mcmc.NUTS(model, max_tree_depth=(8, 10)), "one depth"),
@@ -91,6 +91,9 @@ def test_numpyro_defaults_are_accepted():
     )
     mcmc.NUTS(model, max_tree_depth=10, trajectory_length=None, **kw)
     mcmc.HMC(model, num_steps=5, trajectory_length=6.28, **kw)
+    # and NumPyro's dense / structured mass matrices (tests/mcmc/test_dense_mass.py)
+    mcmc.NUTS(model, **{**kw, "dense_mass": True})
+    mcmc.HMC(model, num_steps=5, **{**kw, "dense_mass": [("mu",)]})
 
 
 @pytest.mark.slow

@@ -83,8 +83,17 @@ def test_second_hmc_run_compiles_only_numpyros_driver_loop():
         (lambda: mcmc.NUTS(model), 1, "vectorized"),
         (lambda: mcmc.MALA(model), 2, "sequential"),
         (lambda: mcmc.RandomWalk(model), 2, "vectorized"),
+        (lambda: mcmc.NUTS(model, dense_mass=True), 2, "vectorized"),
+        (lambda: mcmc.HMC(model, num_steps=5, dense_mass=[("mu",)]), 1, "vectorized"),
     ],
-    ids=["hmc-vectorized", "nuts", "mala-sequential", "random-walk"],
+    ids=[
+        "hmc-vectorized",
+        "nuts",
+        "mala-sequential",
+        "random-walk",
+        "nuts-dense-vectorized",
+        "hmc-structured",
+    ],
 )
 def test_second_run_compiles_only_what_numpyro_nuts_does(make, chains, method):
     ours = compiled_names(make(), chains, method)
