@@ -5,13 +5,16 @@ coordinates, scales 0.1 … 10 (condition number ≈ 500 once the diagonal is wh
 Each sampler runs through ``numpyro.infer.MCMC`` with 2 vectorized chains, 1000 warm-up
 iterations and 1000 draws, once per seed after one uncounted run that compiles (NumPyro's
 driver re-jits its loop on every run: JAX's compile-duration events are subtracted from
-every run's wall time, as in ``benchmarks/mcmc.py``). Reported per sampler, median over seeds: min ESS over the 5
-coordinates (``numpyro.diagnostics.effective_sample_size``), ESS per gradient evaluation
-(``num_steps`` summed over the draws, warm-up excluded), ESS per second, and the whitened
-spectrum of the adapted inverse mass matrix (eigenvalues of Σ^(-1/2) M⁻¹ Σ^(-1/2), all 1
-for the exact covariance; for a diagonal M⁻¹ that of diag(M⁻¹)).
+every run's wall time, as in ``benchmarks/mcmc.py``). Reported per sampler, median over
+seeds: min ESS over the 5 coordinates (``numpyro.diagnostics.effective_sample_size``),
+ESS per gradient evaluation (``num_steps`` summed over the draws, warm-up excluded), ESS
+per second, and the whitened spectrum of the adapted inverse mass matrix (eigenvalues of
+Σ^(-1/2) M⁻¹ Σ^(-1/2), all 1 for the exact covariance; for a diagonal M⁻¹ that of
+diag(M⁻¹)).
 
     python -m benchmarks.dense_mass [--seeds N]
+
+Prints the table; ``benchmarks/DENSE_MASS_RESULTS.md`` records a run.
 """
 
 from __future__ import annotations
@@ -126,10 +129,11 @@ def main(seeds: int = 5):
         for name, mcmc in mcmcs.items():
             r = one_run(mcmc, jax.random.key(seed))
             results[name].append(r)
+            spectra = [np.round(v, 2).tolist() for v in r["spectra"]]
             print(
                 f"seed {seed} {name}: min ESS {r['ess']:.0f}, grads {r['grads']},"
                 f" run {r['run_s']:.2f} s, divergences {r['divergences']}, max |mean error|/sd"
-                f" {r['mean_error']:.3f}, spectra {[np.round(v, 2).tolist() for v in r['spectra']]}",
+                f" {r['mean_error']:.3f}, spectra {spectra}",
                 flush=True,
             )
     print(
