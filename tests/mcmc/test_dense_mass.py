@@ -70,18 +70,20 @@ def test_dense_metric_is_blackjaxs_gaussian_euclidean():
 def test_structured_metric_is_the_permuted_block_matrix():
     """NumPyro's structured form {("c", "a"): dense, ("b",): diagonal} over a dict position
     is the block-diagonal matrix after its permutation of the flattened (sorted) sites."""
-    position = {"a": jnp.zeros(2), "b": jnp.zeros(()), "c": jnp.zeros(3)}
-    dense = spd(jax.random.key(3), 5)
+    position = {"a": jnp.zeros(2), "b": jnp.zeros(()), "c": jnp.zeros(4)}
+    dense = spd(jax.random.key(3), 6)
     blocks = {("c", "a"): dense, ("b",): jnp.array([2.5])}
-    full = np.zeros((6, 6))
-    idx = np.array([3, 4, 5, 0, 1])  # c then a, in the flat order a(0, 1) b(2) c(3, 4, 5)
+    full = np.zeros((7, 7))
+    # c then a, in the flat order a(0, 1) b(2) c(3 … 6): a permutation that is not its
+    # own inverse, so that applying it instead of its inverse shows
+    idx = np.array([3, 4, 5, 6, 0, 1])
     full[np.ix_(idx, idx)] = dense
     full[2, 2] = 2.5
     metric = euclidean(blocks, position)
-    p = jax.random.normal(jax.random.key(4), (6,))
+    p = jax.random.normal(jax.random.key(4), (7,))
     np.testing.assert_allclose(metric.velocity(p), full @ p, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(metric.kinetic(p), 0.5 * p @ full @ p, rtol=1e-5)
-    s = momentum_matrix(metric, 6)
+    s = momentum_matrix(metric, 7)
     np.testing.assert_allclose(s @ s.T, np.linalg.inv(full), rtol=2e-4, atol=1e-6)
     with pytest.raises(ValueError, match=r"in no block"):
         euclidean({("a",): jnp.ones(2)}, position)
