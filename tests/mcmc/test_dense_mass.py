@@ -220,7 +220,7 @@ def test_structured_mass_checks():
         run(mcmc.HMC(two_sites, dense_mass=True, inverse_mass_matrix={("x", "y"): jnp.eye(3)}))
     with pytest.raises(ValueError, match="not positive definite"):
         mcmc.NUTS(two_sites, dense_mass=True, inverse_mass_matrix=jnp.array([[1.0, 2], [2, 1]]))
-    assert mcmc.NUTS(two_sites, dense_mass=[])._dense_mass is False  # NumPyro: [] is diagonal
+    assert mcmc.NUTS(two_sites, dense_mass=[])._mass_structure is False  # NumPyro: [] is diagonal
 
 
 # --- the correlated Gaussian -----------------------------------------------------------
