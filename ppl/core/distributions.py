@@ -64,12 +64,22 @@ def log_prob(fn: dist.Distribution, value):
         )
         return jnp.where(mask, log_prob(fn.base_dist, safe), 0.0)
     if isinstance(fn, dist.BernoulliLogits):
-        return value * fn.logits - softplus(fn.logits)
+        return _y_logits(value, fn.logits, 1.0)
     if isinstance(fn, dist.BinomialLogits):
         n = fn.total_count
         log_comb = gammaln(n + 1) - gammaln(value + 1) - gammaln(n - value + 1)
-        return log_comb + value * fn.logits - n * softplus(fn.logits)
+        return log_comb + _y_logits(value, fn.logits, n)
     return fn.log_prob(value)
+
+
+def _y_logits(y, logits, n):
+    """y l - n softplus(l), as (n - y)(-l) - n softplus(-l) where l > 0 and with 0 * l = 0:
+    exact at l = +-inf (log probability -inf or 0, never NaN from 0 * inf or inf - inf),
+    derivative y - n sigmoid(l)."""
+    flip = logits > 0
+    a = jnp.where(flip, -logits, logits)  # <= 0
+    count = jnp.where(flip, n - y, y)
+    return jnp.where(count == 0, 0.0, count * a) - n * softplus(a)
 
 
 @jax.custom_jvp
