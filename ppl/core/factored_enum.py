@@ -163,12 +163,12 @@ def _evaluate(expr):
 
 @jax.custom_jvp
 def _exp(x):
-    """``jnp.exp`` whose tangent is 0 wherever the value is 0: an entry of probability 0
-    (log weight -inf, or below the float range) contributes 0 to the expectation whatever
-    its cost (+-inf from log 0 = -inf, or NaN), the convention 0 * log 0 = 0 (the limit
-    as its probability goes to 0); a cost of -inf where the probability is positive still
-    gives -inf. The masked tangent (double where) keeps reverse mode through this rule
-    finite too."""
+    """``jnp.exp`` whose tangent is 0 wherever the value is not above the smallest normal
+    float: an entry of probability 0 (log weight -inf, NumPyro's clipped or clamped log 0,
+    or an underflow) contributes 0 to the expectation whatever its cost (+-inf from
+    log 0, or NaN): the convention 0 * log 0 = 0, the limit as its probability goes to 0
+    with the cost held. A cost of -inf where the probability is positive still gives
+    -inf. The masked tangent (double where) keeps reverse mode through this rule finite."""
     return jnp.exp(x)
 
 
@@ -176,7 +176,7 @@ def _exp(x):
 def _exp_jvp(primals, tangents):
     (x,), (dx,) = primals, tangents
     y = jnp.exp(x)
-    return y, y * jnp.where(y > 0, dx, 0.0)
+    return y, y * jnp.where(y > jnp.finfo(y.dtype).tiny, dx, 0.0)
 
 
 def _logsumexp(f: funsor.Tensor, reduced) -> funsor.Tensor:
