@@ -18,6 +18,11 @@ share a colour, and the rows range over the values of each colour, S^(colours) r
 for a chain or a tree of binary sites); a factor's table entry is read from a row that
 gives its sites those values (the factor does not read the others). No broadcasting
 discipline is asked of the program: each row is an ordinary run with scalar values.
+
+The derivative is taken as a jvp along the cost tables, and an entry of probability 0
+contributes 0 whatever its cost (``_exp``): a guide value of probability 0 where the
+model's log density is -inf (or the guide's own -log q = +inf) gives a finite ELBO and
+gradient, not NaN from 0 * inf.
 """
 
 from __future__ import annotations

@@ -366,9 +366,7 @@ def zero_row_program(theta, table, parameterization):
 def zero_row_exact(theta, table, rows):
     qz = jax.nn.softmax(theta[:3])
     qw = jnp.stack([jax.nn.sigmoid(-theta[3]), jax.nn.sigmoid(theta[3])])
-    return sum(
-        qz[z] * qw[w] * (jnp.log(table[z]) + theta[4] * z * w) for z in rows for w in (0, 1)
-    )
+    return sum(qz[z] * qw[w] * (jnp.log(table[z]) + theta[4] * z * w) for z in rows for w in (0, 1))
 
 
 @pytest.mark.parametrize("parameterization", ["logits", "probs"])
@@ -393,3 +391,36 @@ def test_zero_probability_rows_of_a_program(parameterization, monkeypatch):
         monkeypatch.undo()
         value, _ = run(theta.at[0].set(-1.0), TABLE3)
         assert value == -np.inf
+
+
+def test_log_prob_at_infinite_logits():
+    """ppl's Bernoulli / Binomial(logits) log density at logits +-inf: 0 or -inf (never
+    NaN from 0 * inf), derivative y - n sigmoid(l); against plain JAX at finite logits."""
+    from jax.scipy.special import gammaln
+
+    from ppl.core.distributions import log_prob
+
+    with jax.enable_x64(True):
+        for n in (1, 3):
+            for y in range(n + 1):
+
+                def lp(logit, n=n, y=y):
+                    d = dist.Binomial(n, logits=logit) if n > 1 else dist.Bernoulli(logits=logit)
+                    return log_prob(d, jnp.asarray(float(y)))
+
+                def exact(logit, n=n, y=y):
+                    comb = gammaln(n + 1.0) - gammaln(y + 1.0) - gammaln(n - y + 1.0)
+                    return (
+                        comb + y * jax.nn.log_sigmoid(logit) + (n - y) * jax.nn.log_sigmoid(-logit)
+                    )
+
+                for logit in (-jnp.inf, jnp.inf):
+                    value, grad = jax.jit(jax.value_and_grad(lp))(logit)
+                    impossible = (logit < 0 and y > 0) or (logit > 0 and y < n)
+                    if impossible:
+                        assert value == -np.inf, (n, y, logit, value)
+                    else:  # log C(n, y) = 0 to gammaln's rounding
+                        assert abs(value) < 1e-12, (n, y, logit, value)
+                    assert grad == y - n * (logit > 0), (n, y, logit, grad)
+                for logit in (-2.5, 0.0, 1.7):
+                    assert_close(jax.value_and_grad(lp)(logit), jax.value_and_grad(exact)(logit))
