@@ -36,7 +36,7 @@ from jax import lax
 from numpyro.handlers import seed
 
 from .arguments import check_key, named_plate_errors
-from .factored_enum import FactoredPlan, expected_value, plan_rows
+from .factored_enum import FactoredPlan, expected_value, plan_rows, zero_probability
 from .runtime import RunState, Target, apply_strategies, box
 
 MAX_JOINT_COMBINATIONS = 1 << 16
@@ -359,13 +359,8 @@ class Expectation:
 
 
 def _positive(weight):
-    """Which weights count as positive probabilities: above the smallest normal float.
-
-    0 is exactly 0, log 0 clipped to the float minimum (NumPyro's ``Categorical(probs)``)
-    or an underflow, and NumPyro's ``clamp_probs`` turns a probability of exactly 0 into
-    that smallest normal float (``Bernoulli(probs=0.0)``): all mean probability 0.
-    """
-    return weight > jnp.finfo(jnp.result_type(weight)).tiny
+    """Which weights count as positive probabilities (not :func:`zero_probability`)."""
+    return ~zero_probability(weight)
 
 
 def _live_rows(live, tree):

@@ -166,14 +166,25 @@ def _evaluate(expr):
     return funsor.interpreter.reinterpret(expr)  # anything else: funsor's own evaluation
 
 
+def zero_probability(p):
+    """Whether each probability ``p`` counts as 0: at most twice the smallest normal float.
+
+    That is 0 itself, log 0 clipped to the float minimum (NumPyro's ``Categorical(probs)``),
+    an underflow, and NumPyro's ``clamp_probs`` of a probability of exactly 0, the smallest
+    normal float (``Bernoulli(probs=0.0)``; exp(log(tiny)) rounds up to 1.0000000000000275
+    tiny in float64).
+    """
+    return p <= 2 * jnp.finfo(jnp.result_type(p)).tiny
+
+
 @jax.custom_jvp
 def _exp(x):
-    """``jnp.exp`` whose tangent is 0 wherever the value is not above the smallest normal
-    float: an entry of probability 0 (log weight -inf, NumPyro's clipped or clamped log 0,
-    or an underflow) contributes 0 to the expectation whatever its cost (+-inf from
-    log 0, or NaN): the convention 0 * log 0 = 0, the limit as its probability goes to 0
-    with the cost held. A cost of -inf where the probability is positive still gives
-    -inf. The masked tangent (double where) keeps reverse mode through this rule finite."""
+    """``jnp.exp`` whose tangent is 0 wherever the value counts as 0
+    (:func:`zero_probability`): an entry of probability 0 contributes 0 to the expectation
+    whatever its cost (+-inf from log 0, or NaN): the convention 0 * log 0 = 0, the limit
+    as its probability goes to 0 with the cost held. A cost of -inf where the probability
+    is positive still gives -inf. The masked tangent (double where) keeps reverse mode
+    through this rule finite."""
     return jnp.exp(x)
 
 
@@ -181,7 +192,7 @@ def _exp(x):
 def _exp_jvp(primals, tangents):
     (x,), (dx,) = primals, tangents
     y = jnp.exp(x)
-    return y, y * jnp.where(y > jnp.finfo(y.dtype).tiny, dx, 0.0)
+    return y, y * jnp.where(zero_probability(y), 0.0, dx)
 
 
 def _logsumexp(f: funsor.Tensor, reduced) -> funsor.Tensor:

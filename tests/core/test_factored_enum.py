@@ -393,6 +393,22 @@ def test_zero_probability_rows_of_a_program(parameterization, monkeypatch):
         assert value == -np.inf
 
 
+def test_bernoulli_probs_zero_is_probability_zero():
+    """Bernoulli(probs=0.0): NumPyro clamps the probability to the smallest normal float,
+    ppl counts it as 0: E[log(1 - w) + theta (1 - w)] = theta (float32 and float64), not
+    -inf."""
+
+    def program(theta, p):
+        w = numpyro.sample("w", dist.Bernoulli(probs=p), infer={"grad": "enum"})
+        return jnp.log(1.0 - w) + theta * (1.0 - w)
+
+    E = ppl.expectation(program)
+    for x64 in (False, True):
+        with jax.enable_x64(x64):
+            value, grad = jax.jit(jax.value_and_grad(lambda t, p: E(KEY, t, p)))(0.3, 0.0)
+            assert_finite_and_close((value, grad), (0.3, 1.0))
+
+
 def test_log_prob_at_infinite_logits():
     """ppl's Bernoulli / Binomial(logits) log density at logits +-inf: 0 or -inf (never
     NaN from 0 * inf), derivative y - n sigmoid(l); against plain JAX at finite logits."""
