@@ -4,7 +4,8 @@ NumPyro's ``Bernoulli(logits=l).log_prob`` (and ``Binomial(logits=...)``) has a 
 gradient at exactly ``l = 0`` under jax 0.10 (it differentiates ``max(l, 0)`` with a
 one-sided rule). Zero-initialized logits are the most common start, so every score
 term, enumeration weight and density term in ppl goes through :func:`log_prob`, which
-computes those families as ``y l - softplus(l)`` with softplus' derivative sigmoid(l).
+computes those families as ``y l - n softplus(l)`` with the derivative y - n sigmoid(l)
+(a custom jvp), and exactly at l = +-inf (log probability 0 or -inf, never NaN).
 """
 
 from __future__ import annotations
@@ -64,26 +65,36 @@ def log_prob(fn: dist.Distribution, value):
         )
         return jnp.where(mask, log_prob(fn.base_dist, safe), 0.0)
     if isinstance(fn, dist.BernoulliLogits):
-        return value * fn.logits - softplus(fn.logits)
+        return _y_logits(value, fn.logits, 1.0)
     if isinstance(fn, dist.BinomialLogits):
         n = fn.total_count
         log_comb = gammaln(n + 1) - gammaln(value + 1) - gammaln(n - value + 1)
-        return log_comb + value * fn.logits - n * softplus(fn.logits)
+        return log_comb + _y_logits(value, fn.logits, n)
     return fn.log_prob(value)
 
 
 @jax.custom_jvp
-def softplus(x):
-    """log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)); derivative sigmoid(x), exact at 0."""
-    return jnp.maximum(x, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
+def _y_logits(y, logits, n):
+    """y l - n softplus(l), as (n - y)(-l) - n softplus(-l) where l > 0 and with 0 * l = 0:
+    exact at l = +-inf (log probability -inf or 0, never NaN from 0 * inf or inf - inf).
+    Derivative in l (y and n are constants): y - n sigmoid(l), exact at 0."""
+    return _y_logits_and_slope(y, logits, n)[0]
 
 
-@softplus.defjvp
-def _softplus_jvp(primals, tangents):
-    (x,), (t,) = primals, tangents
-    e = jnp.exp(-jnp.abs(x))  # shared by value and derivative: two transcendentals in all
-    sigmoid = jnp.where(x >= 0, 1.0, e) / (1.0 + e)
-    return jnp.maximum(x, 0.0) + jnp.log1p(e), sigmoid * t
+def _y_logits_and_slope(y, logits, n):
+    e = jnp.exp(-jnp.abs(logits))  # shared by softplus(-|l|) and sigmoid(l)
+    flip = logits > 0
+    a = jnp.where(flip, -logits, logits)  # -|l|
+    count = jnp.where(flip, n - y, y)
+    value = jnp.where(count == 0, 0.0, count * a) - n * jnp.log1p(e)
+    sigmoid = jnp.where(logits >= 0, 1.0, e) / (1.0 + e)
+    return value, y - n * sigmoid
+
+
+@_y_logits.defjvp
+def _y_logits_jvp(primals, tangents):
+    value, slope = _y_logits_and_slope(*primals)
+    return value, slope * tangents[1]
 
 
 def num_elements(fn: dist.Distribution, value) -> int:

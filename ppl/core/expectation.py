@@ -36,7 +36,7 @@ from jax import lax
 from numpyro.handlers import seed
 
 from .arguments import check_key, named_plate_errors
-from .factored_enum import FactoredPlan, expected_value, plan_rows
+from .factored_enum import FactoredPlan, expected_value, plan_rows, zero_probability
 from .runtime import RunState, Target, apply_strategies, box
 
 MAX_JOINT_COMBINATIONS = 1 << 16
@@ -252,6 +252,12 @@ class Expectation:
         value, score, extra, enum_lw, local, loo, rb = outs
         rb_lp, main_terms, learned, running_states, state_updates = rb
         weight = jnp.exp(enum_lw)
+        # a combination of probability 0 contributes 0 whatever its value (+-inf, NaN):
+        # its per-combination outputs are zeroed before any product with its weight
+        live = _positive(weight)
+        value, score, extra, rb_lp, main_terms, learned = _live_rows(
+            live, (value, score, extra, rb_lp, main_terms, learned)
+        )
         estimate = jnp.sum(weight * (value * box(score) + extra))
         # program-set mutable state: from the first enumeration combination
         updates = jax.tree.map(lambda x: x[0], state_updates)
@@ -290,7 +296,8 @@ class Expectation:
                 value = self._run(st, key, args, kwargs)
                 if terms:
                     return [lax.stop_gradient(t.lp) for t in st.terms]
-                return lax.stop_gradient(jnp.exp(st.lw_down) * value)
+                w_down = jnp.exp(st.lw_down)
+                return lax.stop_gradient(w_down * _live_rows(_positive(w_down), value))
 
             rows = jnp.asarray(rows)
             return jax.vmap(lambda c: jax.vmap(lambda r: one(c, r))(rows))(combos)
@@ -308,13 +315,17 @@ class Expectation:
                     block = single[:, offset : offset + n].reshape(n_comb, s.num_alternatives, -1)
                     offset += n
                 theta, coef, lw_up = local[s.order]
-                estimate = estimate + _local_term(s, block, theta, coef, jnp.exp(lw_up))
+                w_up = jnp.exp(lw_up)
+                block, theta, coef = _live_rows(_positive(w_up), (block, theta, coef))
+                estimate = estimate + _local_term(s, block, theta, coef, w_up)
             elif s.kind == "particles" and s.loo:
                 baseline = single[:, offset : offset + s.num_particles]
                 offset += s.num_particles
                 loo_score, lw_up = loo[s.order]
+                w_up = jnp.exp(lw_up)
+                loo_score, baseline = _live_rows(_positive(w_up), (loo_score, baseline))
                 term = jnp.sum((1.0 - box(loo_score)) * baseline, axis=1)
-                estimate = estimate + jnp.sum(jnp.exp(lw_up) * term)
+                estimate = estimate + jnp.sum(w_up * term)
         return estimate, updates
 
     def _factored_estimate(self, plan, key, args, kwargs):
@@ -345,6 +356,33 @@ class Expectation:
     def value_and_grad(self, key, *args, argnums=0, **kwargs):
         """(estimate, gradient estimate) w.r.t. ``args[argnums]``."""
         return jax.value_and_grad(lambda *a: self(key, *a, **kwargs), argnums=argnums)(*args)
+
+
+def _positive(weight):
+    """Which weights count as positive probabilities (not :func:`zero_probability`)."""
+    return ~zero_probability(weight)
+
+
+def _live_rows(live, tree):
+    """``tree`` with the rows (leading axis) where ``live`` is False set to 0.
+
+    A combination of the jointly enumerated sites of probability 0 (:func:`_positive`)
+    contributes 0 to the expectation whatever the program computed there (+-inf from
+    log 0, or NaN): the convention 0 * log 0 = 0, the limit as its probability goes to 0
+    with the value held; and 0 to the gradient. Zeroing the row before it meets its
+    weight (a where on the inputs of the product, so no 0 * inf in reverse mode either)
+    does that; a row of positive probability and value -inf still gives -inf. A value
+    whose own derivative is infinite there (theta * log 0) still gives a NaN gradient:
+    0 * inf inside the program's chain rule, out of reach here.
+    """
+
+    def one(x):
+        if x is None or not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
+            return x
+        mask = jnp.reshape(live, jnp.shape(live) + (1,) * (jnp.ndim(x) - jnp.ndim(live)))
+        return jnp.where(mask, x, jnp.zeros((), jnp.result_type(x)))
+
+    return jax.tree.map(one, tree, is_leaf=lambda x: x is None)
 
 
 def _single_rows(sites) -> np.ndarray:

@@ -18,6 +18,11 @@ share a colour, and the rows range over the values of each colour, S^(colours) r
 for a chain or a tree of binary sites); a factor's table entry is read from a row that
 gives its sites those values (the factor does not read the others). No broadcasting
 discipline is asked of the program: each row is an ordinary run with scalar values.
+
+The derivative is taken as a jvp along the cost tables, and an entry of probability 0
+contributes 0 whatever its cost (``_exp``): a guide value of probability 0 where the
+model's log density is -inf (or the guide's own -log q = +inf) gives a finite ELBO and
+gradient, not NaN from 0 * inf.
 """
 
 from __future__ import annotations
@@ -114,12 +119,10 @@ def expected_value(plan: FactoredPlan, term_lps, weight_lps):
         weights[home] = weights[home] + lq
     names = frozenset(_name(j) for j in range(len(plan.sizes)))
 
-    def log_total(t):
+    def log_total(tables):
         factors = [
-            _tensor(
-                jnp.reshape(w + t * c, plan.ranges)[s.index].transpose(s.perm), s.sites, plan.sizes
-            )
-            for s, w, c in zip(plan.scopes, weights, costs, strict=True)
+            _tensor(jnp.reshape(w, plan.ranges)[s.index].transpose(s.perm), s.sites, plan.sizes)
+            for s, w in zip(plan.scopes, tables, strict=True)
         ]
         with funsor.interpretations.lazy:
             total = funsor.sum_product.sum_product(
@@ -128,8 +131,9 @@ def expected_value(plan: FactoredPlan, term_lps, weight_lps):
             path = funsor.optimizer.apply_optimizer(total)  # funsor's elimination order
         return _evaluate(path).data
 
-    t0 = jnp.zeros((), jnp.result_type(float))
-    _, expected = jax.jvp(log_total, (t0,), (jnp.ones_like(t0),))
+    # d/dt log_total(weights + t costs) at t = 0, as a jvp along the costs: no t * cost
+    # in the primal (0 * inf where a cost is infinite)
+    _, expected = jax.jvp(log_total, (weights,), (costs,))
     return constant + expected
 
 
@@ -162,13 +166,46 @@ def _evaluate(expr):
     return funsor.interpreter.reinterpret(expr)  # anything else: funsor's own evaluation
 
 
+def zero_probability(p):
+    """Whether each probability ``p`` counts as 0: at most twice the smallest normal float.
+
+    That is 0 itself, log 0 clipped to the float minimum (NumPyro's ``Categorical(probs)``),
+    an underflow, and NumPyro's ``clamp_probs`` of a probability of exactly 0, the smallest
+    normal float (``Bernoulli(probs=0.0)``; exp(log(tiny)) rounds up to 1.0000000000000275
+    tiny in float64).
+    """
+    return p <= 2 * jnp.finfo(jnp.result_type(p)).tiny
+
+
+@jax.custom_jvp
+def _exp(x):
+    """``jnp.exp`` whose tangent is 0 wherever the value counts as 0
+    (:func:`zero_probability`): an entry of probability 0 contributes 0 to the expectation
+    whatever its cost (+-inf from log 0, or NaN): the convention 0 * log 0 = 0, the limit
+    as its probability goes to 0 with the cost held. A cost of -inf where the probability
+    is positive still gives -inf. The masked tangent (double where) keeps reverse mode
+    through this rule finite."""
+    return jnp.exp(x)
+
+
+@_exp.defjvp
+def _exp_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    y = jnp.exp(x)
+    return y, y * jnp.where(zero_probability(y), 0.0, dx)
+
+
 def _logsumexp(f: funsor.Tensor, reduced) -> funsor.Tensor:
     """``f.reduce(logaddexp, reduced)`` with a plain max shift: jax's logsumexp, with its
-    masks for infinities, compiles ~2x slower."""
+    masks for infinities, compiles ~2x slower. A slice of probability 0 gives -inf with a
+    zero tangent (``_exp``; ``log`` guarded by a double where, so no 0 / 0)."""
     names = {v.name if isinstance(v, funsor.Variable) else v for v in reduced}
     axes = tuple(i for i, k in enumerate(f.inputs) if k in names)
     shift = jax.lax.stop_gradient(jnp.max(f.data, axis=axes, keepdims=True))
     shift = jnp.maximum(shift, jnp.finfo(f.data.dtype).min)
-    data = jnp.log(jnp.sum(jnp.exp(f.data - shift), axis=axes)) + jnp.squeeze(shift, axes)
+    total = jnp.sum(_exp(f.data - shift), axis=axes)
+    positive = total > 0
+    log_total = jnp.where(positive, jnp.log(jnp.where(positive, total, 1.0)), -jnp.inf)
+    data = log_total + jnp.squeeze(shift, axes)
     inputs = OrderedDict((k, d) for k, d in f.inputs.items() if k not in names)
     return funsor.Tensor(data, inputs)

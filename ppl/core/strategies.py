@@ -146,7 +146,10 @@ class Enum(Strategy):
     reads instead (:mod:`ppl.core.factored_enum`: a chain costs O(K), not 2^K). A batched
     site (plate elements or particles) uses per-element local expectations: the value
     comes from the sample and the gradient sums over every element's support,
-    O(N * |support|) evaluations.
+    O(N * |support|) evaluations. A jointly enumerated value of guide probability 0 is
+    left out of the sum whatever the program gives there (-inf, NaN: 0 * log 0 = 0, the
+    limit as its probability goes to 0), value and gradient; one of positive probability
+    whose value is -inf makes the expectation -inf.
     """
 
     name = "enum"
