@@ -93,6 +93,7 @@ def subsampled_mean(data):
         numpyro.sample("obs", dist.Normal(mu, 1.0), obs=numpyro.subsample(data, event_dim=0))
 
 
+@pytest.mark.slow  # 12 s: two HMCECS runs
 def test_hmcecs_with_ppl_nuts_matches_numpyro_nuts_inside():
     proxy = HMCECS.taylor_proxy({"mu": jnp.mean(DATA)})
     ours = _draws(HMCECS(ppl.mcmc.NUTS(subsampled_mean), num_blocks=5, proxy=proxy), DATA)
