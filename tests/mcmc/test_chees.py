@@ -171,6 +171,7 @@ def test_pure_adaptation_then_sampling():
         assert abs(z_mean) < N_SIGMA and abs(z_sd) < N_SIGMA, (i, z_mean, z_sd)
 
 
+@pytest.mark.slow  # 14-28 s; the rescue rule itself is fast-tested in test_ensemble_rescue.py
 def test_warmup_rescues_stuck_chains():
     """Two of 16 chains start at x = 50 on π(x) ∝ exp(−Σx⁴/4), where the curvature (3x² =
     7500) makes every leapfrog trajectory at the ensemble's ε diverge; the warm-up restarts

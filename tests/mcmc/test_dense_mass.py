@@ -281,7 +281,7 @@ def dense_kernel(kind):
 MIN_ESS = {"nuts": 1000, "hmc": 200}
 
 
-@pytest.mark.parametrize("kind", ["nuts", "hmc"])
+@pytest.mark.parametrize("kind", ["nuts", pytest.param("hmc", marks=pytest.mark.slow)])
 def test_dense_mass_samples_a_correlated_gaussian(kind):
     """2 vectorized chains, 1000 warm-up + 1000 draws: the moments are right, the adapted
     M⁻¹ is the posterior covariance (whitened eigenvalues near 1), the draws mix as on a
@@ -299,6 +299,7 @@ def test_dense_mass_samples_a_correlated_gaussian(kind):
         assert float(np.mean(extra["num_steps"])) < 10, np.mean(extra["num_steps"])
 
 
+@pytest.mark.slow  # fast-suite budget: the continuation is also covered for diagonal kernels
 def test_post_warmup_state_continues_with_the_adapted_dense_matrix():
     """A continuation (``post_warmup_state``) keeps the adapted matrix and step size."""
     m = run_mcmc(mcmc.NUTS(gaussian, dense_mass=True), num_warmup=300, num_samples=50)

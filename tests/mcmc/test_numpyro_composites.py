@@ -51,7 +51,9 @@ def exact_x_given_y(rng_key, gibbs_sites, hmc_sites):
     return {"x": dist.Normal((1.0 - y) / 1.25, 1.25**-0.5).sample(rng_key)}
 
 
-@pytest.mark.parametrize("inner", [ppl.mcmc.NUTS, ppl.mcmc.HMC])
+@pytest.mark.parametrize(
+    "inner", [pytest.param(ppl.mcmc.NUTS, marks=pytest.mark.slow), ppl.mcmc.HMC]
+)
 def test_hmc_gibbs_with_a_ppl_inner_kernel(inner):
     draws = _draws(HMCGibbs(inner(gaussian_pair), exact_x_given_y, gibbs_sites=["x"]))
     for i, name in enumerate("xy"):
