@@ -116,11 +116,10 @@ def _close(a, b):
     np.testing.assert_allclose(a, b, rtol=RTOL, atol=RTOL * max(1.0, float(np.max(np.abs(b)))))
 
 
-FAST = {
-    "mixture",
+FAST = {  # mixture and the scan HMM run in the slow step (fast siblings: the README's
+    # mixture example, tests/enum/test_numpyro_idioms.py's scan HMM, test_jaxpr_size.py)
     "nested_dependent",
     "two_plates",
-    "hmm_scan_short",
     "scaled",
 }
 CASES = [c if c.name in FAST else pytest.param(c, marks=pytest.mark.slow) for c in ZOO]

@@ -64,7 +64,7 @@ def params():
     return {n: s["value"] for n, s in tr.items() if s["type"] == "param"}
 
 
-@pytest.mark.parametrize("nesting", [None, 2, 3])
+@pytest.mark.parametrize("nesting", [pytest.param(None, marks=pytest.mark.slow), 2, 3])
 def test_value_and_gradient_equal_trace_enum(params, nesting):
     theirs = TraceEnum_ELBO(max_plate_nesting=3 if nesting is None else nesting)
     ours = ppl.objectives.elbo(max_plate_nesting=nesting)

@@ -37,6 +37,7 @@ def run(kernel):
     return m
 
 
+@pytest.mark.slow  # fast-suite budget (20 s loaded)
 def test_enumerated_sites_export():
     m = run(NUTS(mixed))
     with pytest.raises(Exception):  # noqa: B017 (arviz's own failure, whatever its type)

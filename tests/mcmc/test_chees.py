@@ -41,6 +41,7 @@ def run(kernel, *args, num_chains=64, num_warmup=300, num_samples=300, seed=0):
     )
 
 
+@pytest.mark.slow  # fast-suite budget; ChEES inside MCMC also runs in test_num_steps.py
 def test_numpyro_api(capsys):
     """Constrained (chains, draws) samples, per-chain divergences, a summary, Predictive;
     warm-up moved ε and T away from their starting values (one leapfrog step)."""
