@@ -171,6 +171,7 @@ class ChEESAdaptState(NamedTuple):
     eig: Any
     parameters: ChEESParameters
     idle: jax.Array
+    within: Any = None
 
 
 class ChEESWarmup(NamedTuple):
@@ -199,6 +200,7 @@ def chees_warmup(
     length_floor: bool = True,
     divergence_threshold: float = 1000.0,
     dense_mass_matrix: bool = False,
+    dense_estimator: str = "within",
 ) -> ChEESWarmup:
     """ChEES-HMC's warm-up, one iteration at a time: all chains take one jittered HMC step
     with the shared Halton jitter u = halton(t); ε follows dual averaging of the chains'
@@ -248,6 +250,11 @@ def chees_warmup(
             "chees_warmup: target_acceptance_rate must be in (0, 1), "
             f"got {target_acceptance_rate!r}"
         )
+    if dense_estimator not in ("within", "pooled"):
+        raise ValueError(
+            "chees_warmup: dense_estimator must be 'within' or 'pooled', "
+            f"got {dense_estimator!r}"
+        )
     floor = adapt_mass_matrix and length_floor
     dense = adapt_mass_matrix and dense_mass_matrix
     optim = optax.adam(learning_rate, b1=0.0, b2=0.95)
@@ -281,7 +288,10 @@ def chees_warmup(
             eig = bj._eig_state_init(num_dim)
         params = ChEESParameters(step_size, state.trajectory_length, imm)
         idle = jnp.zeros(num_chains, jnp.int32)
-        return ChEESAdaptState(state, welford, moments, eig, params, idle)
+        within = None
+        if dense and dense_estimator == "within":
+            within = ensemble_metric.within_init(num_chains, num_dim, step_size.dtype)
+        return ChEESAdaptState(state, welford, moments, eig, params, idle, within)
 
     def threshold(num_dim):
         return bj._mass_matrix_engagement_threshold(num_dim)
@@ -332,8 +342,12 @@ def chees_warmup(
         restart = stuck | ensemble_rescue.lost_chains(states.logdensity, num_dim)
         restart = restart & ((t + 1) % RESCUE_EVERY == 0)
         states = ensemble_rescue.restart_from_healthy(key, states, restart)
-        idle = jnp.where(restart & ~jnp.all(restart), 0, adapt.idle)
-        return states, adapt._replace(idle=idle)
+        moved = restart & ~jnp.all(restart)
+        idle = jnp.where(moved, 0, adapt.idle)
+        within = adapt.within
+        if within is not None:  # a restarted chain's window is over
+            within = within._replace(active=within.active & ~moved)
+        return states, adapt._replace(idle=idle, within=within)
 
     def adapt_update(t, states, new, info, adapt):
         num_dim = adapt.parameters.inverse_mass_matrix.shape[0]
@@ -386,6 +400,8 @@ def chees_warmup(
                     adapt.eig,
                 )
                 adapt = adapt._replace(moments=moments, eig=eig)
+            if adapt.within is not None:
+                adapt = adapt._replace(within=ensemble_metric.within_update(adapt.within, x_new))
         if dense:
             adapt = jax.lax.cond(
                 jnp.any(t == window_ends),
