@@ -303,12 +303,17 @@ def chees_warmup(
             return adapt.parameters.inverse_mass_matrix
         return bj._diagonal_mass_matrix_or_fallback(adapt.welford, threshold(num_dim), num_dim)
 
-    def consumed_length(length, step_size, welford, eig, num_dim, moments=None):
+    # the dense metric's length floor engages after the first metric window (see docstring)
+    floor_start = int(window_ends[0]) + 1
+
+    def consumed_length(length, step_size, welford, eig, num_dim, moments=None, t=None):
         if not floor:
             return length
         engaged = welford.sample_size >= threshold(num_dim)
         if dense:
             engaged = ensemble_metric.engaged(moments, num_dim)
+            if t is not None:
+                engaged = engaged & (t >= floor_start)
         return bj._apply_length_floor(
             length, eig.lambda_max, engaged, True, max_leapfrog_steps, step_size
         )[0]
@@ -412,7 +417,7 @@ def chees_warmup(
         c = adapt.chees
         next_imm = inverse_mass(adapt, num_dim)
         next_length = consumed_length(
-            c.trajectory_length, c.step_size, adapt.welford, adapt.eig, num_dim, adapt.moments
+            c.trajectory_length, c.step_size, adapt.welford, adapt.eig, num_dim, adapt.moments, t
         )
         params = ChEESParameters(c.step_size, next_length, next_imm)
         params = jax.lax.cond(

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # Stan's shrinkage weight γ = SHRINKAGE / (n + SHRINKAGE) toward the diagonal (n pooled draws)
 SHRINKAGE = 5.0
@@ -149,14 +150,14 @@ def engaged(moments: Any, num_dim: int) -> jax.Array:
     return moments.count >= dense_engagement_threshold(num_dim)
 
 
-def window_ends(num_warmup: int) -> jax.Array:
+def window_ends(num_warmup: int) -> np.ndarray:
     """The iterations after which the metric is re-estimated: the ends of Stan's doubling
     windows (NumPyro's ``build_adaptation_schedule``: a 75-iteration initial buffer, windows
     of 25, 50, 100, ... and a 50-iteration terminal buffer for 500 warm-up iterations)."""
     from numpyro.infer.hmc_util import build_adaptation_schedule
 
     windows = build_adaptation_schedule(num_warmup)
-    return jnp.asarray([w.end for w in windows[:-1]] or [-1], jnp.int32)
+    return np.asarray([w.end for w in windows[:-1]] or [-1], np.int32)
 
 
 def end_window(adapt: Any, num_dim: int) -> Any:
