@@ -1,9 +1,11 @@
-"""A dense inverse mass matrix estimated from an ensemble of chains (for ChEES-HMC's warm-up).
+"""The inverse mass matrix of ChEES-HMC's warm-up, estimated from an ensemble of chains in
+Stan's doubling windows, diagonal (the default) or dense.
 
 Many chains give a covariance estimate at every warm-up iteration for free: BlackJAX's
 ``MomentBlock`` (``cgl_update_batch``) pools every chain's position, and ChEES's warm-up
-already accumulates it for its slow-direction length floor. A diagonal metric from the same
-draws whitens only the scales; a dense one also removes linear correlations, which a
+already accumulates it for its slow-direction length floor. At the end of each window the
+metric becomes that window's pooled variance (diagonal) or covariance (dense). A diagonal
+metric whitens only the scales; a dense one also removes linear correlations, which a
 diagonal metric leaves to the trajectory length (a ridge of correlation 1 − 10⁻⁵ needs
 hundreds of leapfrog steps per trajectory with a diagonal metric, a handful with a dense
 one). The whitening helpers express a metric Σ = L Lᵀ (diagonal or dense) as the linear map
@@ -13,7 +15,7 @@ length floor are computed in those coordinates.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,82 +32,19 @@ def dense_engagement_threshold(num_dim: int) -> int:
 
 
 def dense_inverse_mass(moments: Any, num_dim: int) -> jax.Array:
-    """The pooled ensemble covariance of ``moments`` (a BlackJAX ``MomentBlock``: pooled
-    count, mean, sum of squared deviations), shrunk (:func:`shrunk_covariance`)."""
-    n = moments.count
-    return shrunk_covariance(moments.m2 / jnp.maximum(n - 1.0, 1.0), n, num_dim)
-
-
-def shrunk_covariance(cov: jax.Array, n: jax.Array, num_dim: int) -> jax.Array:
-    """A covariance estimated from ``n`` draws, shrunk toward its diagonal by
-    γ = 5/(n + 5) as Stan regularizes its dense metric (in correlation scale, so that the
-    shrinkage is the same for every parametrization's units), or the identity before
+    """The ensemble covariance of ``moments`` (a BlackJAX ``MomentBlock``: pooled count,
+    mean, sum of squared deviations), shrunk toward its diagonal by γ = 5/(n + 5) as Stan
+    regularizes its dense metric (in correlation scale, so that the shrinkage is the same
+    for every parametrization's units), or the identity before
     :func:`dense_engagement_threshold` draws."""
+    n = moments.count
+    cov = moments.m2 / jnp.maximum(n - 1.0, 1.0)
     diag = jnp.maximum(jnp.diagonal(cov), jnp.finfo(cov.dtype).tiny)
     cov = cov.at[jnp.diag_indices(num_dim)].set(diag)
     gamma = SHRINKAGE / (n + SHRINKAGE)
     shrunk = (1.0 - gamma) * cov + gamma * jnp.diag(diag)
     engaged = n >= dense_engagement_threshold(num_dim)
     return jnp.where(engaged, shrunk, jnp.eye(num_dim, dtype=cov.dtype))
-
-
-class WithinBlock(NamedTuple):
-    """Per-chain moments of one metric window, for the within-chain covariance: draws per
-    chain ``count`` (C,), each chain's first draw of the window ``shift`` (C, d), the sums of
-    its shifted draws ``total`` (C, d), the sum over chains and draws of the shifted draws'
-    outer products ``outer`` (d, d) (one matrix, not C), and ``active`` (C,): a chain
-    restarted by the warm-up rescue stops contributing until the window ends (its draws
-    before and after the jump are not one chain's)."""
-
-    count: jax.Array
-    shift: jax.Array
-    total: jax.Array
-    outer: jax.Array
-    active: jax.Array
-
-
-def within_init(num_chains: int, num_dim: int, dtype=None) -> WithinBlock:
-    dtype = jnp.result_type(float) if dtype is None else dtype
-    zeros = jnp.zeros((num_chains, num_dim), dtype)
-    return WithinBlock(
-        jnp.zeros(num_chains, dtype),
-        zeros,
-        zeros,
-        jnp.zeros((num_dim, num_dim), dtype),
-        jnp.ones(num_chains, bool),
-    )
-
-
-def within_update(block: WithinBlock, x: jax.Array) -> WithinBlock:
-    """Fold in one draw per chain (``x``: (C, d)), shifted by each chain's first draw of
-    the window (so that the sums lose no precision to a far-off mean)."""
-    active = block.active
-    shift = jnp.where(((block.count == 0) & active)[:, None], x, block.shift)
-    y = jnp.where(active[:, None], x - shift, 0.0)
-    return block._replace(
-        count=block.count + active,
-        shift=shift,
-        total=block.total + y,
-        outer=block.outer + y.T @ y,
-    )
-
-
-def within_covariance(block: WithinBlock) -> tuple[jax.Array, jax.Array]:
-    """The within-chain covariance W = Σ_c Σ_t (x_ct − x̄_c)(x_ct − x̄_c)ᵀ / Σ_c (n_c − 1)
-    (the average of the chains' own covariances for equal n_c: the between-chain spread
-    of chains not yet mixed does not enter) and the number of draws it pools."""
-    n = block.count
-    means = block.total / jnp.maximum(n, 1.0)[:, None]
-    scatter = block.outer - block.total.T @ means
-    scatter = 0.5 * (scatter + scatter.T)
-    dof = jnp.sum(jnp.maximum(n - 1.0, 0.0))
-    return scatter / jnp.maximum(dof, 1.0), jnp.sum(n)
-
-
-def within_inverse_mass(block: WithinBlock, num_dim: int) -> jax.Array:
-    """The within-chain covariance of ``block``, shrunk (:func:`shrunk_covariance`)."""
-    cov, n = within_covariance(block)
-    return shrunk_covariance(cov, n, num_dim)
 
 
 def whitening(inverse_mass_matrix: jax.Array) -> tuple:
@@ -145,9 +84,28 @@ def recompute_eig_state(moments, inverse_mass_matrix, eig_state, num_iterations=
     return bj._ChEESEigState(vec, jnp.maximum(lam, bj._LENGTH_FLOOR_LAMBDA_EPS))
 
 
-def engaged(moments: Any, num_dim: int) -> jax.Array:
-    """Whether ``moments`` pools enough draws for a dense estimate."""
-    return moments.count >= dense_engagement_threshold(num_dim)
+def diagonal_engagement_threshold(num_dim: int) -> int:
+    """Pooled draws before the diagonal estimate replaces the identity: BlackJAX's gate,
+    max(64, 2√d) (each variance is estimated on its own)."""
+    from blackjax.adaptation import chees_adaptation as bj
+
+    return bj._mass_matrix_engagement_threshold(num_dim)
+
+
+def diagonal_inverse_mass(moments: Any) -> jax.Array:
+    """The pooled ensemble variances of ``moments``, floored at 1e-20 (BlackJAX's floor of
+    its diagonal estimate)."""
+    from blackjax.adaptation import chees_adaptation as bj
+
+    var = jnp.diagonal(moments.m2) / jnp.maximum(moments.count - 1.0, 1.0)
+    return jnp.maximum(var, bj.EPS_FLOAT)
+
+
+def engaged(moments: Any, num_dim: int, dense: bool = True) -> jax.Array:
+    """Whether ``moments`` pools enough draws for a dense (or diagonal) estimate."""
+    if dense:
+        return moments.count >= dense_engagement_threshold(num_dim)
+    return moments.count >= diagonal_engagement_threshold(num_dim)
 
 
 def window_ends(num_warmup: int) -> np.ndarray:
@@ -161,7 +119,8 @@ def window_ends(num_warmup: int) -> np.ndarray:
 
 
 def end_window(adapt: Any, num_dim: int) -> Any:
-    """At a window's end: the metric becomes the window's (shrunk) ensemble covariance, the
+    """At a window's end: the metric becomes the window's pooled ensemble variance (a
+    diagonal metric) or shrunk covariance (a dense one: the current metric is (d, d)), the
     window's moments and the length floor's eigen-estimate restart, and so do the ChEES
     step-size dual averaging (from the current ε) and the moving averages of log ε and
     log T (the old ones were tuned for the old metric). ``adapt`` is ChEES's warm-up state
@@ -172,14 +131,9 @@ def end_window(adapt: Any, num_dim: int) -> Any:
 
     moments = adapt.moments
     old = adapt.parameters.inverse_mass_matrix
-    within = adapt.within
-    if within is None:  # the pooled ensemble covariance
-        imm = jnp.where(engaged(moments, num_dim), dense_inverse_mass(moments, num_dim), old)
-    else:
-        pooled = jnp.sum(within.count)
-        imm = within_inverse_mass(within, num_dim)
-        imm = jnp.where(pooled >= dense_engagement_threshold(num_dim), imm, old)
-        within = within_init(*within.shift.shape, within.shift.dtype)
+    dense = jnp.ndim(old) == 2
+    new = dense_inverse_mass(moments, num_dim) if dense else diagonal_inverse_mass(moments)
+    imm = jnp.where(engaged(moments, num_dim, dense), new, old)
     c = adapt.chees
     chees = c._replace(da_state=da.dual_averaging()[0](c.step_size), step=jnp.ones_like(c.step))
     empty = MomentBlock(
@@ -192,6 +146,5 @@ def end_window(adapt: Any, num_dim: int) -> Any:
         chees=chees,
         moments=empty,
         eig=eig,
-        within=within,
         parameters=adapt.parameters._replace(inverse_mass_matrix=imm),
     )

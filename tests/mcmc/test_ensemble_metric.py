@@ -1,6 +1,9 @@
-"""The dense ensemble metric of ChEES's warm-up (ppl/mcmc/ensemble_metric.py): the shrunk
-pooled covariance, the whitening maps, the window schedule, and the rejection of proposals
-whose energy is not finite (a dense metric's kinetic energy can round to −∞)."""
+"""The windowed ensemble metric of ChEES's warm-up (ppl/mcmc/ensemble_metric.py): the shrunk
+pooled covariance, the whitening maps, the window schedule, the metric of each window and
+the length floor's start, and the rejection of proposals whose energy is not finite (a
+dense metric's kinetic energy can round to −∞)."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -67,80 +70,62 @@ def test_non_finite_energy_is_a_rejected_divergence():
     assert float(bad.acceptance_rate) == 0.0
 
 
-def _window(block, x):
-    """Fold draws ``x`` (chains, draws, d) into a within-chain block, draw by draw."""
-    for t in range(x.shape[1]):
-        block = em.within_update(block, jnp.asarray(x[:, t]))
-    return block
+SCALES = np.array([0.1, 1.0, 5.0])
 
 
-def test_within_chain_covariance_is_the_mean_of_the_chains_covariances():
-    """Exact against numpy on 6 chains x 40 draws whose means sit 100 sds apart: the
-    within-chain estimate is the mean of the chains' own covariances, blind to the offsets;
-    the pooled one (the previous dense estimator) is dominated by them."""
-    rng = np.random.default_rng(0)
-    chol = np.linalg.cholesky(np.array([[1.0, 0.9, 0.0], [0.9, 1.0, 0.3], [0.0, 0.3, 2.0]]))
-    offsets = rng.normal(size=(6, 1, 3)) * 100.0
-    x = rng.normal(size=(6, 40, 3)) @ chol.T + offsets
-    with jax.enable_x64(True):
-        cov, n = em.within_covariance(_window(em.within_init(6, 3, jnp.float64), x))
-        np.testing.assert_allclose(cov, np.mean([np.cov(c.T) for c in x], 0), rtol=1e-10)
-        assert float(n) == 240
-        block = MomentBlock(jnp.zeros(()), jnp.zeros(3), jnp.zeros((3, 3)))
-        pooled = cgl_update_batch(block, jnp.asarray(x.reshape(-1, 3)))
-        pooled = np.asarray(em.dense_inverse_mass(pooled, 3))
-    assert np.all(np.diag(pooled) > 100 * np.diag(np.asarray(cov)))
+def _scaled(x):
+    return -0.5 * jnp.sum((x / jnp.asarray(SCALES)) ** 2)
 
 
-def test_within_chain_covariance_drops_restarted_chains_after_the_restart():
-    """A chain deactivated mid-window (the warm-up rescue moved it) keeps its draws before
-    the restart and adds none after: Σ_c scatter_c / Σ_c (n_c − 1), unequal n_c."""
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(4, 30, 2)) + rng.normal(size=(4, 1, 2)) * 50.0
-    with jax.enable_x64(True):
-        block = _window(em.within_init(4, 2, jnp.float64), x[:, :10])
-        block = block._replace(active=block.active.at[2].set(False))
-        moved = x.copy()
-        moved[2, 10:] += 1e3  # after its restart, chain 2 sits elsewhere
-        cov, n = em.within_covariance(_window(block, moved[:, 10:]))
-    parts = [x[0], x[1], x[2, :10], x[3]]
-    scatter = sum((len(p) - 1) * np.cov(p.T) for p in parts)
-    np.testing.assert_allclose(cov, scatter / sum(len(p) - 1 for p in parts), rtol=1e-10)
-    assert float(n) == 100
+@functools.cache
+def _trace_warmup(num_steps, **options):
+    """ChEES's warm-up (100 iterations: windows end at t = 14 and 89) on a scaled Gaussian,
+    16 chains started 10 sds out: per iteration the chains' flat positions folded into the
+    metric, the metric the next iteration uses, the consumed and the adapted T."""
+    from ppl.mcmc.chees import chees_warmup
+
+    w = chees_warmup(_scaled, 100, **options)
+    x0 = 10.0 * jax.random.normal(jax.random.key(0), (16, 3)) * jnp.asarray(SCALES)
+    states = jax.vmap(lambda p: GradState(p, _scaled(p), jax.grad(_scaled)(p)))(x0)
+    adapt = w.start(0.01, states)
+    step = jax.jit(w.step)
+    keys = jax.random.split(jax.random.key(1), num_steps)
+    out = []
+    for t in range(num_steps):
+        states, adapt, _ = step(keys[t], t, states, adapt)
+        params = adapt.parameters
+        out.append(
+            (
+                np.asarray(states.position),
+                np.asarray(params.inverse_mass_matrix),
+                float(params.trajectory_length),
+                float(adapt.chees.trajectory_length),
+            )
+        )
+    return out
 
 
-# two narrow modes 60 sds apart (Gaussian, correlation 0.9, sd 0.1): chains started in
-# either stay there, as low_dim_gauss_mix's chains sit in different places early in
-# warm-up, where the pooled covariance (the previous estimator) drove ε to 1e-6
-MODE_COV = 0.01 * np.array([[1.0, 0.9], [0.9, 1.0]])
-MODES = np.array([[-3.0, 3.0], [3.0, -3.0]])
+def test_windowed_metric_is_each_windows_pooled_variance():
+    """The default (windowed) metric: the identity through the first window, then at its
+    end (t = 14) the pooled variance of the 15 iterations' 240 chain positions, kept until
+    the next end (t = 89), which takes the variance of t = 15..89 only (exact, float32).
+    BlackJAX's schedule (identity until half of warm-up) fails it (tests/MUTATIONS.md)."""
+    trace = _trace_warmup(90)
+    x = np.stack([row[0] for row in trace])  # (t, chains, d)
+    imm = [row[1] for row in trace]
+    np.testing.assert_array_equal(imm[13], np.ones(3))
+    first = x[:15].reshape(-1, 3).var(0, ddof=1)
+    np.testing.assert_allclose(imm[14], first, rtol=1e-4)
+    np.testing.assert_array_equal(imm[88], imm[14])
+    np.testing.assert_allclose(imm[89], x[15:90].reshape(-1, 3).var(0, ddof=1), rtol=1e-4)
 
 
-def _two_modes(x):
-    prec = jnp.asarray(np.linalg.inv(MODE_COV))
-    d = x - jnp.asarray(MODES)
-    return jax.nn.logsumexp(-0.5 * jnp.einsum("ki,ij,kj->k", d, prec, d))
-
-
-@pytest.mark.parametrize("estimator", ["within", "pooled"])
-def test_dense_metric_from_separated_chains(estimator):
-    """``chees_adaptation(dense_mass_matrix=True)`` on 16 chains, 8 in each mode, 100
-    warm-up iterations: the within-chain metric is the modes' covariance (eigenvalues of
-    Σ⁻¹M within [1/2, 2]); the pooled one (planted here as ``estimator='pooled'``) is the
-    between-mode spread, ~900 times too wide, and fails the same check."""
-    import ppl.mcmc as mcmc
-
-    x0 = jnp.repeat(jnp.asarray(MODES), 8, axis=0)
-    x0 = x0 + 0.1 * jax.random.normal(jax.random.key(0), x0.shape)
-    _, params = mcmc.chees_adaptation(
-        jax.random.key(1),
-        _two_modes,
-        x0,
-        100,
-        dense_mass_matrix=True,
-        dense_estimator=estimator,
-    )
-    root = np.linalg.cholesky(np.linalg.inv(MODE_COV))
-    eig = np.linalg.eigvalsh(root.T @ np.asarray(params.inverse_mass_matrix) @ root)
-    ok = 0.5 < eig.min() and eig.max() < 2.0
-    assert ok == (estimator == "within"), eig
+def test_length_floor_waits_for_the_first_window():
+    """From a start 10 sds out, the slow-direction floor (π/2)√λ_max of the whitened
+    ensemble covariance would lengthen the first trajectories (it did from t = 0 before,
+    and on low_dim_gauss_mix the long early trajectories drove ε to 1e-6): through the
+    first window (t ≤ 14) the consumed T is the adapted one; after it the floor binds."""
+    trace = _trace_warmup(90)[:30]
+    for t in range(15):
+        assert trace[t][2] == trace[t][3], (t, trace[t][2:])
+    assert any(row[2] > 1.01 * row[3] for row in trace[15:]), [row[2:] for row in trace]
