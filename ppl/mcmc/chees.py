@@ -3,8 +3,8 @@ iteration and, during warm-up, tuned across many parallel chains.
 
 Three layers, all on BlackJAX (``blackjax.mcmc.hmc`` for the transition,
 ``blackjax.adaptation.chees_adaptation`` for the ChEES criterion, dual averaging, Adam on
-log T, the ensemble diagonal mass matrix and its slow-direction length floor; an opt-in
-dense ensemble metric in :mod:`ppl.mcmc.ensemble_metric`):
+log T, the ensemble mass matrix and its slow-direction length floor; the metric is
+estimated in Stan's windows, diagonal or dense, by :mod:`ppl.mcmc.ensemble_metric`):
 
 - :func:`chees`, a pure kernel: one HMC transition with ⌈u·T/ε⌉ leapfrog steps;
 - :func:`chees_adaptation`, the pure many-chain warm-up (``lax.scan`` of :func:`chees_warmup`);
@@ -12,9 +12,11 @@ dense ensemble metric in :mod:`ppl.mcmc.ensemble_metric`):
 
 BlackJAX's ``chees_adaptation(...).run`` is one ``lax.scan`` over the whole warm-up; here the
 same iteration is exposed step by step (``chees_warmup``) so NumPyro's driver can call it
-once per warm-up iteration (a test checks it reproduces BlackJAX's ``run``), plus one
-addition: chains that stop moving early in warm-up, or are lost far below the others' log
-density (:mod:`ppl.mcmc.ensemble_rescue`), restart from healthy ones.
+once per warm-up iteration (a test checks it reproduces BlackJAX's ``run`` under
+BlackJAX's metric schedule, ``mass_matrix_windows=False``), plus two additions: the metric
+is re-estimated in Stan's windows (the default), and chains that stop moving early in
+warm-up, or are lost far below the others' log density (:mod:`ppl.mcmc.ensemble_rescue`),
+restart from healthy ones.
 BlackJAX is imported when something is built, so ``import ppl`` does not need it.
 """
 
@@ -199,6 +201,7 @@ def chees_warmup(
     length_floor: bool = True,
     divergence_threshold: float = 1000.0,
     dense_mass_matrix: bool = False,
+    mass_matrix_windows: bool = True,
 ) -> ChEESWarmup:
     """ChEES-HMC's warm-up, one iteration at a time: all chains take one jittered HMC step
     with the shared Halton jitter u = halton(t); ε follows dual averaging of the chains'
@@ -206,16 +209,23 @@ def chees_warmup(
     (``learning_rate``, β₁ = 0, β₂ = 0.95, as TFP) on the ChEES criterion
     E[(‖x′ − x̄′‖² − ‖x − x̄‖²)²]/4 weighted by acceptance; and (``length_floor``) T is
     floored at (π/2)√λ_max of the ensemble covariance in the metric's whitened coordinates.
-    With ``adapt_mass_matrix`` (the default) and ``dense_mass_matrix`` (opt-in) the inverse
-    mass matrix is dense: the pooled ensemble covariance of each of Stan's doubling windows
-    (:mod:`ppl.mcmc.ensemble_metric`: 75 / 25 / 50 / 100 / 200 / 50 iterations for 500),
-    set at the window's end, where dual averaging and the moving averages of ε and T
-    restart; a diagonal metric cannot follow a near-collinear ridge (kilpisjarvi, intercept
-    and slope correlated at 1 − 10⁻⁵: means off by 167 SEs after 500 warm-up iterations,
-    1.0 with the dense metric; but on low_dim_gauss_mix the first window's metric, from a
-    still-dispersed ensemble, drives ε to 1e-6 and warm-up stalls, so it is not the
-    default). ``dense_mass_matrix=False`` (default) is BlackJAX 1.7's: the diagonal pooled
-    variance over the last ``mass_matrix_window_fraction`` of warm-up.
+    With ``adapt_mass_matrix`` (the default) the inverse mass matrix is the pooled ensemble
+    variance of each of Stan's doubling windows (:mod:`ppl.mcmc.ensemble_metric`: 75 / 25 /
+    50 / 100 / 200 / 50 iterations for 500; the identity through the first), set at the
+    window's end, where dual averaging and the moving averages of ε and T restart, and the
+    length floor engages after the first window. ``dense_mass_matrix=True`` (opt-in) takes
+    the window's pooled covariance instead, shrunk toward its diagonal by 5/(n + 5), as a
+    dense metric. ``mass_matrix_windows=False`` is BlackJAX 1.7's schedule (diagonal only):
+    the identity, then the pooled variance over the last ``mass_matrix_window_fraction`` of
+    warm-up, with the floor over that part only. Measured on posteriordb (64 chains, 500
+    warm-up iterations, 200 draws; ``tests/mcmc/test_posteriordb_chees.py``): BlackJAX's
+    schedule leaves kilpisjarvi (intercept and slope correlated at 1 − 10⁻⁵) off by 162
+    standard errors and earnings by 14 (R-hat 3.9); the windowed diagonal passes both and
+    the 11 others. The floor must wait: from t = 0 (a dispersed start) it drove ε to 1e-6
+    on low_dim_gauss_mix, and from half of warm-up kilpisjarvi's chains never spread along
+    the ridge (z 150+). The dense metric crosses kilpisjarvi's ridge in 13–23 leapfrog steps
+    (the diagonal one in 600–800) but mixes GP hyperparameters worse per draw (accel_gp,
+    gp_pois_regr: R-hat 1.07–1.10), so it is not the default.
     The last iteration (t = ``num_warmup`` − 1) sets ``parameters`` to the moving averages.
     A warm-up addition (``rescue``): every 50 iterations a chain restarts at a random
     healthy chain's state if it is lost (log density far below the ensemble's median:
@@ -248,8 +258,14 @@ def chees_warmup(
             "chees_warmup: target_acceptance_rate must be in (0, 1), "
             f"got {target_acceptance_rate!r}"
         )
+    if dense_mass_matrix and adapt_mass_matrix and not mass_matrix_windows:
+        raise ValueError(
+            "chees_warmup: dense_mass_matrix=True needs mass_matrix_windows=True (the dense "
+            "metric is estimated in Stan's windows)"
+        )
     floor = adapt_mass_matrix and length_floor
-    dense = adapt_mass_matrix and dense_mass_matrix
+    windowed = adapt_mass_matrix and mass_matrix_windows
+    dense = windowed and dense_mass_matrix
     optim = optax.adam(learning_rate, b1=0.0, b2=0.95)
     init, update = bj.base(
         halton, lambda i: i + 1, optim, target_acceptance_rate, decay_rate, max_leapfrog_steps
@@ -258,6 +274,8 @@ def chees_warmup(
     window_start = int(mass_matrix_window_fraction * num_warmup) if adapt_mass_matrix else None
     transition = _hmc_transition(logdensity_fn, divergence_threshold)
     window_ends = ensemble_metric.window_ends(num_warmup)
+    # with the windowed metric the length floor engages after the first window (docstring)
+    floor_start = int(window_ends[0]) + 1
 
     def start(step_size, states, trajectory_length=None, inverse_mass_matrix=None):
         flat = jax.vmap(lambda p: ravel_pytree(p)[0])(states.position)
@@ -275,7 +293,7 @@ def chees_warmup(
         welford = moments = eig = None
         if adapt_mass_matrix:
             welford = wc_init(num_dim)
-        if floor or dense:
+        if floor or windowed:
             moments = MomentBlock(jnp.zeros(()), jnp.zeros(num_dim), jnp.zeros((num_dim, num_dim)))
         if floor:
             eig = bj._eig_state_init(num_dim)
@@ -289,16 +307,18 @@ def chees_warmup(
     def inverse_mass(adapt, num_dim):
         if adapt.welford is None:  # fixed (identity unless given to ``start``)
             return adapt.parameters.inverse_mass_matrix
-        if dense:  # set at the ends of the metric windows (``ensemble_metric.end_window``)
+        if windowed:  # set at the ends of the windows (``ensemble_metric.end_window``)
             return adapt.parameters.inverse_mass_matrix
         return bj._diagonal_mass_matrix_or_fallback(adapt.welford, threshold(num_dim), num_dim)
 
-    def consumed_length(length, step_size, welford, eig, num_dim, moments=None):
+    def consumed_length(length, step_size, welford, eig, num_dim, moments=None, t=None):
         if not floor:
             return length
         engaged = welford.sample_size >= threshold(num_dim)
-        if dense:
-            engaged = ensemble_metric.engaged(moments, num_dim)
+        if windowed:
+            engaged = ensemble_metric.engaged(moments, num_dim, dense)
+            if t is not None:  # ``final`` (t = num_warmup - 1) is past floor_start
+                engaged = engaged & (t >= floor_start)
         return bj._apply_length_floor(
             length, eig.lambda_max, engaged, True, max_leapfrog_steps, step_size
         )[0]
@@ -362,23 +382,25 @@ def chees_warmup(
         idle = jnp.where(info.is_accepted, 0, adapt.idle + 1)
         adapt = adapt._replace(chees=chees_state, idle=idle)
         if adapt_mass_matrix:
-            in_window = (t >= window_start) | dense
+            # BlackJAX's schedule: the last window_fraction of warm-up; windowed: every window
+            in_window = (t >= window_start) | windowed
             x_new = jax.vmap(lambda p: ravel_pytree(p)[0])(new.position)
 
             def fold(acc):
                 return jax.lax.scan(lambda a, row: (wc_update(a, row), None), acc, x_new)[0]
 
-            welford = jax.lax.cond(in_window, fold, lambda a: a, adapt.welford)
-            adapt = adapt._replace(welford=welford)
-            if floor or dense:
+            if not windowed:  # the Welford variance is BlackJAX's schedule's metric
+                welford = jax.lax.cond(in_window, fold, lambda a: a, adapt.welford)
+                adapt = adapt._replace(welford=welford)
+            if floor or windowed:
                 moments = jax.lax.cond(
                     in_window, lambda a: cgl_update_batch(a, x_new), lambda a: a, adapt.moments
                 )
                 adapt = adapt._replace(moments=moments)
             if floor:
                 recompute = in_window & (t % bj._LENGTH_FLOOR_RECOMPUTE_INTERVAL == 0)
-                if dense:
-                    recompute = recompute & ensemble_metric.engaged(moments, num_dim)
+                if windowed:
+                    recompute = recompute & ensemble_metric.engaged(moments, num_dim, dense)
                 eig = jax.lax.cond(
                     recompute,
                     lambda e: ensemble_metric.recompute_eig_state(moments, imm, e),
@@ -386,7 +408,7 @@ def chees_warmup(
                     adapt.eig,
                 )
                 adapt = adapt._replace(moments=moments, eig=eig)
-        if dense:
+        if windowed:
             adapt = jax.lax.cond(
                 jnp.any(t == window_ends),
                 lambda a: ensemble_metric.end_window(a, num_dim),
@@ -396,7 +418,7 @@ def chees_warmup(
         c = adapt.chees
         next_imm = inverse_mass(adapt, num_dim)
         next_length = consumed_length(
-            c.trajectory_length, c.step_size, adapt.welford, adapt.eig, num_dim, adapt.moments
+            c.trajectory_length, c.step_size, adapt.welford, adapt.eig, num_dim, adapt.moments, t
         )
         params = ChEESParameters(c.step_size, next_length, next_imm)
         params = jax.lax.cond(
@@ -506,9 +528,11 @@ class ChEES(ModelKernel):
     """ChEES-HMC on a NumPyro model: many chains take jittered-trajectory HMC steps
     (:func:`chees`, n = ⌈halton(t)·T/ε⌉ shared by all chains) and, during warm-up, ε, T
     and an inverse mass matrix are tuned from all chains at once (:func:`chees_warmup`:
-    dual averaging toward ``target_accept_prob`` 0.651, Adam on the ChEES criterion, the
-    diagonal pooled ensemble variance, or with ``dense_mass=True`` the pooled ensemble
-    covariance in Stan's doubling windows as a dense metric).
+    dual averaging toward ``target_accept_prob`` 0.651, Adam on the ChEES criterion, and
+    the pooled ensemble variance of each of Stan's doubling windows as a diagonal metric;
+    ``dense_mass=True``: the windows' pooled covariance as a dense metric, far fewer
+    leapfrog steps on near-collinear posteriors; ``mass_matrix_windows=False``: BlackJAX
+    1.7's schedule, the variance over the second half of warm-up).
 
     Cross-chain adaptation needs one kernel that sees every chain, so ``ChEES`` is a NumPyro
     *ensemble kernel* (``is_ensemble_kernel = True``, as ``numpyro.infer.AIES``/``ESS``):
@@ -551,6 +575,7 @@ class ChEES(ModelKernel):
         init_strategy: Callable = init_to_uniform,
         divergence_threshold: float = 1000.0,
         dense_mass: bool = False,
+        mass_matrix_windows: bool = True,
     ):
         super().__init__(
             model,
@@ -575,6 +600,7 @@ class ChEES(ModelKernel):
             adapt_mass_matrix=self._adapt_mass_matrix,
             divergence_threshold=divergence_threshold,
             dense_mass_matrix=dense_mass,
+            mass_matrix_windows=mass_matrix_windows,
         )
         self._divergence_threshold = divergence_threshold
 

@@ -1,9 +1,11 @@
-"""A dense inverse mass matrix estimated from an ensemble of chains (for ChEES-HMC's warm-up).
+"""The inverse mass matrix of ChEES-HMC's warm-up, estimated from an ensemble of chains in
+Stan's doubling windows, diagonal (the default) or dense.
 
 Many chains give a covariance estimate at every warm-up iteration for free: BlackJAX's
 ``MomentBlock`` (``cgl_update_batch``) pools every chain's position, and ChEES's warm-up
-already accumulates it for its slow-direction length floor. A diagonal metric from the same
-draws whitens only the scales; a dense one also removes linear correlations, which a
+already accumulates it for its slow-direction length floor. At the end of each window the
+metric becomes that window's pooled variance (diagonal) or covariance (dense). A diagonal
+metric whitens only the scales; a dense one also removes linear correlations, which a
 diagonal metric leaves to the trajectory length (a ridge of correlation 1 − 10⁻⁵ needs
 hundreds of leapfrog steps per trajectory with a diagonal metric, a handful with a dense
 one). The whitening helpers express a metric Σ = L Lᵀ (diagonal or dense) as the linear map
@@ -17,6 +19,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # Stan's shrinkage weight γ = SHRINKAGE / (n + SHRINKAGE) toward the diagonal (n pooled draws)
 SHRINKAGE = 5.0
@@ -81,23 +84,43 @@ def recompute_eig_state(moments, inverse_mass_matrix, eig_state, num_iterations=
     return bj._ChEESEigState(vec, jnp.maximum(lam, bj._LENGTH_FLOOR_LAMBDA_EPS))
 
 
-def engaged(moments: Any, num_dim: int) -> jax.Array:
-    """Whether ``moments`` pools enough draws for a dense estimate."""
-    return moments.count >= dense_engagement_threshold(num_dim)
+def diagonal_engagement_threshold(num_dim: int) -> int:
+    """Pooled draws before the diagonal estimate replaces the identity: BlackJAX's gate,
+    max(64, 2√d) (each variance is estimated on its own)."""
+    from blackjax.adaptation import chees_adaptation as bj
+
+    return bj._mass_matrix_engagement_threshold(num_dim)
 
 
-def window_ends(num_warmup: int) -> jax.Array:
+def diagonal_inverse_mass(moments: Any) -> jax.Array:
+    """The pooled ensemble variances of ``moments``, floored at 1e-20 (BlackJAX's floor of
+    its diagonal estimate)."""
+    from blackjax.adaptation import chees_adaptation as bj
+
+    var = jnp.diagonal(moments.m2) / jnp.maximum(moments.count - 1.0, 1.0)
+    return jnp.maximum(var, bj.EPS_FLOAT)
+
+
+def engaged(moments: Any, num_dim: int, dense: bool = True) -> jax.Array:
+    """Whether ``moments`` pools enough draws for a dense (or diagonal) estimate."""
+    if dense:
+        return moments.count >= dense_engagement_threshold(num_dim)
+    return moments.count >= diagonal_engagement_threshold(num_dim)
+
+
+def window_ends(num_warmup: int) -> np.ndarray:
     """The iterations after which the metric is re-estimated: the ends of Stan's doubling
     windows (NumPyro's ``build_adaptation_schedule``: a 75-iteration initial buffer, windows
     of 25, 50, 100, ... and a 50-iteration terminal buffer for 500 warm-up iterations)."""
     from numpyro.infer.hmc_util import build_adaptation_schedule
 
     windows = build_adaptation_schedule(num_warmup)
-    return jnp.asarray([w.end for w in windows[:-1]] or [-1], jnp.int32)
+    return np.asarray([w.end for w in windows[:-1]] or [-1], np.int32)
 
 
 def end_window(adapt: Any, num_dim: int) -> Any:
-    """At a window's end: the metric becomes the window's (shrunk) ensemble covariance, the
+    """At a window's end: the metric becomes the window's pooled ensemble variance (a
+    diagonal metric) or shrunk covariance (a dense one: the current metric is (d, d)), the
     window's moments and the length floor's eigen-estimate restart, and so do the ChEES
     step-size dual averaging (from the current ε) and the moving averages of log ε and
     log T (the old ones were tuned for the old metric). ``adapt`` is ChEES's warm-up state
@@ -108,7 +131,9 @@ def end_window(adapt: Any, num_dim: int) -> Any:
 
     moments = adapt.moments
     old = adapt.parameters.inverse_mass_matrix
-    imm = jnp.where(engaged(moments, num_dim), dense_inverse_mass(moments, num_dim), old)
+    dense = jnp.ndim(old) == 2
+    new = dense_inverse_mass(moments, num_dim) if dense else diagonal_inverse_mass(moments)
+    imm = jnp.where(engaged(moments, num_dim, dense), new, old)
     c = adapt.chees
     chees = c._replace(da_state=da.dual_averaging()[0](c.step_size), step=jnp.ones_like(c.step))
     empty = MomentBlock(

@@ -114,8 +114,8 @@ def scaled_gaussian(x):
 
 @pytest.mark.slow
 def test_warmup_reproduces_blackjax():
-    """``chees_adaptation(..., dense_mass_matrix=False)`` (our step-wise iteration under
-    ``lax.scan``) gives BlackJAX's
+    """``chees_adaptation(..., mass_matrix_windows=False)`` (BlackJAX's metric schedule; our
+    step-wise iteration under ``lax.scan``) gives BlackJAX's
     ``chees_adaptation(..., mass_matrix_estimation="diagonal").run``: same final states, ε,
     T/ε and inverse mass matrix (pooled over the last 10 iterations), up to
     float rounding (differently fused, the two drift apart chaotically after ~50 steps)."""
@@ -125,7 +125,7 @@ def test_warmup_reproduces_blackjax():
     key, num_warmup = jax.random.key(0), 20
     x0 = jax.random.normal(jax.random.key(1), (16, 3)) * SCALES
     states, params = mcmc.chees_adaptation(
-        key, scaled_gaussian, x0, num_warmup, step_size=0.1, dense_mass_matrix=False
+        key, scaled_gaussian, x0, num_warmup, step_size=0.1, mass_matrix_windows=False
     )
     (bj_states, bj_params), _ = blackjax.chees_adaptation(
         scaled_gaussian, 16, mass_matrix_estimation="diagonal"
