@@ -142,6 +142,11 @@ class _fill_enumerated(Messenger):
                 "; to sum it out exactly, mark it infer={'enumerate': 'parallel'} "
                 "(or wrap the model in numpyro.contrib.funsor.config_enumerate)"
             )
+        elif name.endswith("_unobserved"):
+            hint = (
+                f"; NumPyro's obs_mask on site '{name[: -len('_unobserved')]}' makes its"
+                " masked entries this latent site: the guide must sample it (AutoGuides do)"
+            )
         raise ValueError(
             f"{self.what}: latent site '{name}' of the model has no value; "
             f"given values for {sorted(self.values)}{hint}"

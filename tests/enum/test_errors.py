@@ -145,6 +145,20 @@ def test_missing_discrete_site_hints_at_enumeration():
         loss(model, lambda x: None, X[0])
 
 
+def test_obs_mask_site_missing_from_the_guide_names_obs_mask():
+    """obs_mask makes the masked entries a latent site 'x_unobserved' (NumPyro's name);
+    a hand-written guide without it is refused naming obs_mask and the observed site."""
+
+    def model(x):
+        with numpyro.plate("data", 3):
+            numpyro.sample("x", dist.Normal(0.0, 1.0), obs=x, obs_mask=jnp.array([1, 0, 1]) > 0)
+
+    with pytest.raises(
+        ValueError, match="'x_unobserved' of the model has no value.*obs_mask on site 'x'"
+    ):
+        loss(model, lambda x: None, jnp.array([0.1, 0.2, 0.3]))
+
+
 def test_global_enumerated_site_with_subsampled_children():
     """log sum_g of a subsample-scaled joint is not the scaled marginal: refused."""
 
