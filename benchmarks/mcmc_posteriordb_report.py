@@ -62,6 +62,8 @@ def report(data: dict) -> str:
         f" arviz {m['arviz']}, ppl commit {m['commit']}. Load average (1, 5, 15 min) at start"
         f" {data['load_start']}, at end {data['load_end']}; per posterior below.",
         "",
+        # ``notes`` (hand-written in the JSON): which rows come from which run, after --merge
+        *[line for note in data.get("notes", []) for line in (note, "")],
         "## Method",
         "",
         f"Float64, CPU. Rows: **ppl NUTS** (`ppl.mcmc.NUTS`), **NumPyro NUTS**"
