@@ -1,12 +1,15 @@
-"""NumPyro's ``examples/hmm_enum.py`` models (``scan`` form), with only ``loss=`` changed.
+"""The structures of NumPyro's ``examples/hmm_enum.py`` (``scan`` form), with only
+``loss=`` changed.
 
-The five models of NumPyro's HMM example, as written there: the carry holds the previous
-hidden state(s) and a step counter, the body opens the ``sequences`` plate (dim -2) and a
-``tones`` plate, ``mask(t < lengths)`` pads sequences of different lengths, ``Vindex``
-indexes a transition table, and model 5 is second order (``scan(..., history=2)``). The
-discrete sites carry ``infer={"enumerate": "parallel"}`` (what an SVI user adds; the
-example itself runs HMC, which enumerates them unmarked), and the guide is ``AutoDelta``
-of the continuous sites, so the ELBO is -log p(y, probs) with the chains summed out.
+Five polyphonic-music HMMs with that example's structure, written here: the carry holds
+the previous hidden state(s) and a step counter, the body opens the ``sequences`` plate
+(dim -2) and a ``notes`` plate, ``mask(t < lengths)`` pads sequences of different
+lengths, ``Vindex`` indexes a transition table, notes may depend on the previous notes,
+two chains may be factorial or coupled, and model 5 is second order
+(``scan(..., history=2)``). The discrete sites carry ``infer={"enumerate": "parallel"}``
+(what an SVI user adds; the example itself runs HMC, which enumerates them unmarked), and
+the guide is ``AutoDelta`` of the continuous sites, so the ELBO is -log p(y, probs) with
+the chains summed out.
 
 The reference is NumPyro's own enumerated log density (``numpyro.contrib.funsor``'s
 ``log_density`` under ``enum``: the potential its HMC samples), value and gradient, and,
@@ -36,104 +39,109 @@ E = {"enumerate": "parallel"}  # copied per site ({**E}): NumPyro writes into a 
 H = 4  # hidden states (models 3 and 4: 2 x 2)
 
 
-def model_1(sequences, lengths):
-    num_sequences, _, data_dim = sequences.shape
-    probs_x = numpyro.sample("probs_x", dist.Dirichlet(0.9 * jnp.eye(H) + 0.1).to_event(1))
-    probs_y = numpyro.sample("probs_y", dist.Beta(0.1, 0.9).expand([H, data_dim]).to_event(2))
+def _sticky(k):
+    """Dirichlet rows that favour staying in the same state."""
+    return dist.Dirichlet(0.1 + 0.9 * jnp.eye(k))
 
-    def transition_fn(carry, y):
-        x_prev, t = carry
-        with numpyro.plate("sequences", num_sequences, dim=-2):
+
+def _emission(*shape):
+    return dist.Beta(0.1, 0.9).expand(list(shape)).to_event(len(shape))
+
+
+def _run_chain(step, start, sequences, lengths, history=1):
+    """``scan`` over time of ``step(state, notes_t)`` inside the sequences plate (dim -2)
+    and ``mask(t < lengths)``; ``state`` is a tuple of carried values (the step counter
+    is added here)."""
+    n_seq = sequences.shape[0]
+
+    def body(carry, notes_t):
+        *state, t = carry
+        with numpyro.plate("sequences", n_seq, dim=-2):
             with handlers.mask(mask=(t < lengths)[..., None]):
-                x = numpyro.sample("x", dist.Categorical(probs_x[x_prev]), infer={**E})
-                with numpyro.plate("tones", data_dim, dim=-1):
-                    numpyro.sample("y", dist.Bernoulli(probs_y[x.squeeze(-1)]), obs=y)
-        return (x, t + 1), None
+                state = step(*state, notes_t)
+        return (*state, t + 1), None
 
-    x_init = jnp.zeros((num_sequences, 1), dtype=jnp.int32)
-    scan(transition_fn, (x_init, 0), jnp.swapaxes(sequences, 0, 1))
+    scan(body, (*start, 0), jnp.moveaxis(sequences, 1, 0), history=history)
+
+
+def _notes_plate(sequences):
+    return numpyro.plate("notes", sequences.shape[-1], dim=-1)
+
+
+def _state0(sequences):
+    return jnp.zeros((sequences.shape[0], 1), jnp.int32)
+
+
+def model_1(sequences, lengths):
+    """A hidden Markov chain, every note a Bernoulli given the state."""
+    trans = numpyro.sample("probs_x", _sticky(H).to_event(1))
+    emit = numpyro.sample("probs_y", _emission(H, sequences.shape[-1]))
+
+    def step(prev, notes_t):
+        state = numpyro.sample("x", dist.Categorical(trans[prev]), infer={**E})
+        with _notes_plate(sequences):
+            numpyro.sample("y", dist.Bernoulli(emit[state[..., 0]]), obs=notes_t)
+        return (state,)
+
+    _run_chain(step, (_state0(sequences),), sequences, lengths)
 
 
 def model_2(sequences, lengths):
-    """y[t] also depends on y[t-1]."""
-    num_sequences, _, data_dim = sequences.shape
-    probs_x = numpyro.sample("probs_x", dist.Dirichlet(0.9 * jnp.eye(H) + 0.1).to_event(1))
-    probs_y = numpyro.sample("probs_y", dist.Beta(0.1, 0.9).expand([H, 2, data_dim]).to_event(3))
+    """Model 1 with each note also depending on the same note one step earlier."""
+    trans = numpyro.sample("probs_x", _sticky(H).to_event(1))
+    emit = numpyro.sample("probs_y", _emission(H, 2, sequences.shape[-1]))
 
-    def transition_fn(carry, y):
-        x_prev, y_prev, t = carry
-        with numpyro.plate("sequences", num_sequences, dim=-2):
-            with handlers.mask(mask=(t < lengths)[..., None]):
-                x = numpyro.sample("x", dist.Categorical(probs_x[x_prev]), infer={**E})
-                with numpyro.plate("tones", data_dim, dim=-1) as tones:
-                    y = numpyro.sample(
-                        "y", dist.Bernoulli(probs_y[x, y_prev, tones]), obs=y
-                    ).astype(jnp.int32)
-        return (x, y, t + 1), None
+    def step(prev, prev_notes, notes_t):
+        state = numpyro.sample("x", dist.Categorical(trans[prev]), infer={**E})
+        with _notes_plate(sequences) as note:
+            played = numpyro.sample("y", dist.Bernoulli(emit[state, prev_notes, note]), obs=notes_t)
+        return state, played.astype(jnp.int32)
 
-    x_init = jnp.zeros((num_sequences, 1), dtype=jnp.int32)
-    y_init = jnp.zeros((num_sequences, data_dim), dtype=jnp.int32)
-    scan(transition_fn, (x_init, y_init, 0), jnp.swapaxes(sequences, 0, 1))
+    start = (_state0(sequences), jnp.zeros(sequences.shape[::2], jnp.int32))
+    _run_chain(step, start, sequences, lengths)
 
 
-def _factorial(sequences, lengths, *, dbn):
-    """Model 3 (factorial HMM: w and x independent chains) or model 4 (``dbn``: x[t]
-    also depends on w[t], through ``Vindex``)."""
-    num_sequences, _, data_dim = sequences.shape
+def _factorial(sequences, lengths, *, coupled):
+    """Two hidden chains w and x emitting together; ``coupled``: x[t] also reads w[t]
+    (a table indexed with ``Vindex``)."""
     k = 2
-    probs_w = numpyro.sample("probs_w", dist.Dirichlet(0.9 * jnp.eye(k) + 0.1).to_event(1))
-    base = dist.Dirichlet(0.9 * jnp.eye(k) + 0.1)
-    probs_x = numpyro.sample(
-        "probs_x", base.expand_by([k]).to_event(2) if dbn else base.to_event(1)
-    )
-    probs_y = numpyro.sample("probs_y", dist.Beta(0.1, 0.9).expand([k, k, data_dim]).to_event(3))
+    trans_w = numpyro.sample("probs_w", _sticky(k).to_event(1))
+    rows = _sticky(k).expand_by([k]).to_event(2) if coupled else _sticky(k).to_event(1)
+    trans_x = numpyro.sample("probs_x", rows)
+    emit = numpyro.sample("probs_y", _emission(k, k, sequences.shape[-1]))
 
-    def transition_fn(carry, y):
-        w_prev, x_prev, t = carry
-        with numpyro.plate("sequences", num_sequences, dim=-2):
-            with handlers.mask(mask=(t < lengths)[..., None]):
-                w = numpyro.sample("w", dist.Categorical(probs_w[w_prev]), infer={**E})
-                px = Vindex(probs_x)[w, x_prev] if dbn else probs_x[x_prev]
-                x = numpyro.sample("x", dist.Categorical(px), infer={**E})
-                with numpyro.plate("tones", data_dim, dim=-1) as tones:
-                    numpyro.sample("y", dist.Bernoulli(probs_y[w, x, tones]), obs=y)
-        return (w, x, t + 1), None
+    def step(prev_w, prev_x, notes_t):
+        w = numpyro.sample("w", dist.Categorical(trans_w[prev_w]), infer={**E})
+        row = Vindex(trans_x)[w, prev_x] if coupled else trans_x[prev_x]
+        x = numpyro.sample("x", dist.Categorical(row), infer={**E})
+        with _notes_plate(sequences) as note:
+            numpyro.sample("y", dist.Bernoulli(emit[w, x, note]), obs=notes_t)
+        return w, x
 
-    z = jnp.zeros((num_sequences, 1), dtype=jnp.int32)
-    scan(transition_fn, (z, z, 0), jnp.swapaxes(sequences, 0, 1))
+    _run_chain(step, (_state0(sequences), _state0(sequences)), sequences, lengths)
 
 
 def model_3(sequences, lengths):
-    _factorial(sequences, lengths, dbn=False)
+    _factorial(sequences, lengths, coupled=False)
 
 
 def model_4(sequences, lengths):
-    _factorial(sequences, lengths, dbn=True)
+    _factorial(sequences, lengths, coupled=True)
 
 
 def model_5(sequences, lengths):
-    """Second order: x[t] depends on x[t-1] and x[t-2] (``history=2``)."""
-    num_sequences, _, data_dim = sequences.shape
-    probs_x = numpyro.sample(
-        "probs_x", dist.Dirichlet(0.9 * jnp.eye(H) + 0.1).expand([H, H]).to_event(2)
-    )
-    probs_y = numpyro.sample("probs_y", dist.Beta(0.1, 0.9).expand([H, data_dim]).to_event(2))
+    """Second order: x[t] reads x[t-1] and x[t-2] (``scan(..., history=2)``)."""
+    trans = numpyro.sample("probs_x", _sticky(H).expand([H, H]).to_event(2))
+    emit = numpyro.sample("probs_y", _emission(H, sequences.shape[-1]))
 
-    def transition_fn(carry, y):
-        x_prev, x_curr, t = carry
-        with numpyro.plate("sequences", num_sequences, dim=-2):
-            with handlers.mask(mask=(t < lengths)[..., None]):
-                probs_x_t = Vindex(probs_x)[x_prev, x_curr]
-                x_prev, x_curr = (
-                    x_curr,
-                    numpyro.sample("x", dist.Categorical(probs_x_t), infer={**E}),
-                )
-                with numpyro.plate("tones", data_dim, dim=-1):
-                    numpyro.sample("y", dist.Bernoulli(probs_y[x_curr.squeeze(-1)]), obs=y)
-        return (x_prev, x_curr, t + 1), None
+    def step(before, prev, notes_t):
+        state = numpyro.sample("x", dist.Categorical(Vindex(trans)[before, prev]), infer={**E})
+        with _notes_plate(sequences):
+            numpyro.sample("y", dist.Bernoulli(emit[state[..., 0]]), obs=notes_t)
+        return prev, state
 
-    z = jnp.zeros((num_sequences, 1), dtype=jnp.int32)
-    scan(transition_fn, (z, z, 0), jnp.swapaxes(sequences, 0, 1), history=2)
+    start = (_state0(sequences), _state0(sequences))
+    _run_chain(step, start, sequences, lengths, history=2)
 
 
 MODELS = [model_1, model_2, model_3, model_4, model_5]
@@ -161,7 +169,7 @@ def _forward_model_1(values):
     """log p(y, probs) of model 1 by a forward algorithm per sequence; a masked step's
     factors are 1, so it sums its state out with weight 1."""
     px, py = values["probs_x"], values["probs_y"]
-    lp = dist.Dirichlet(0.9 * jnp.eye(H) + 0.1).log_prob(px).sum()
+    lp = _sticky(H).log_prob(px).sum()
     lp += dist.Beta(0.1, 0.9).log_prob(py).sum()
     for n in range(N):
         alpha = jnp.where(jnp.arange(H) == 0, 0.0, -jnp.inf)
