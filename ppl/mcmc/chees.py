@@ -358,17 +358,20 @@ def chees_warmup(
     def adapt_update(t, states, new, info, adapt):
         num_dim = adapt.parameters.inverse_mass_matrix.shape[0]
         imm = adapt.parameters.inverse_mass_matrix
+        # BlackJAX's criterion reduces each leaf over its last axis only: hand it every
+        # chain's position as one flat vector (a matrix-valued site, e.g. Dirichlet rows,
+        # failed to broadcast)
+        flat = jax.vmap(lambda p: ravel_pytree(p)[0])
         proposal, momentum, initial, criterion_imm = (
-            info.proposal.position,
-            info.proposal.momentum,
-            states.position,
+            flat(info.proposal.position),
+            flat(info.proposal.momentum),
+            flat(states.position),
             imm,
         )
         if imm.ndim == 2:  # BlackJAX whitens by a diagonal: hand it whitened coordinates
-            flat = jax.vmap(lambda p: ravel_pytree(p)[0])
             to_white, velocity_to_white = ensemble_metric.whitening(imm)
-            proposal, initial = to_white(flat(proposal)), to_white(flat(initial))
-            momentum = velocity_to_white(flat(momentum))
+            proposal, initial = to_white(proposal), to_white(initial)
+            momentum = velocity_to_white(momentum)
             criterion_imm = jnp.ones(num_dim, imm.dtype)
         chees_state = update(
             adapt.chees,
