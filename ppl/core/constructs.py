@@ -261,13 +261,17 @@ def _check_support(name, site, guide_site):
 
 
 def _check_shape(name, site):
+    """A latent value may broadcast to its site's shape, never grow it (a guide with a plate
+    the model lacks); observed data may (``sample("y", Normal(mu, 1), obs=y)`` with no plate:
+    NumPyro sums the broadcast log density, and so does ppl), but must broadcast."""
     value_shape = jnp.shape(site["value"])
     fn_shape = tuple(site["fn"].shape())
     try:
-        fits = jax.lax.broadcast_shapes(value_shape, fn_shape) == fn_shape
+        joint = jax.lax.broadcast_shapes(value_shape, fn_shape)
+        fits = joint == fn_shape or site["is_observed"]
     except ValueError:
         fits = False
-    if not fits:  # a value may broadcast to the site's shape, never grow it
+    if not fits:
         raise ValueError(
             f"site '{name}': value of shape {value_shape} does not fit the model's "
             f"distribution of shape {fn_shape} (check the plates of model and guide)"

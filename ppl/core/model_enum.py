@@ -93,13 +93,39 @@ def declared_plate_nesting(nesting: int | None):
         _DECLARED_NESTING.reset(token)
 
 
+def _batch_ndim(site) -> int:
+    """Dims of a sample site's log density (its value's batch dims broadcast with the
+    distribution's): observed data may have dims outside any plate (``obs=y`` of shape
+    (n,) with no plate), which NumPyro sums and ``TraceEnum_ELBO`` counts in its guessed
+    ``max_plate_nesting``."""
+    fn = site["fn"]
+    value_shape = jnp.shape(site["value"])
+    value_batch = value_shape[: max(len(value_shape) - len(fn.event_shape), 0)]
+    try:
+        return len(jax.lax.broadcast_shapes(value_batch, tuple(fn.batch_shape)))
+    except ValueError:
+        return len(fn.batch_shape)  # a shape error, reported by name later
+
+
 def enum_plate_nesting(trace, who: str) -> int:
-    """Plate dims left free for the model's plates: the declared ``max_plate_nesting``, or
-    the model's own; a plate beyond the declared number is refused by name."""
+    """Batch dims left free for the model's plates and unplated data dims: the declared
+    ``max_plate_nesting``, or the model's own (the most any site's log density uses, as
+    ``TraceEnum_ELBO`` guesses it); a plate or data dim beyond the declared number is
+    refused by name."""
     declared = _DECLARED_NESTING.get()
-    used = max_plate_nesting(trace)
+    plates = max_plate_nesting(trace)
+    sites = [s for s in trace.values() if s["type"] == "sample"]
+    used = max([plates, *(_batch_ndim(s) for s in sites)])
     if declared is None:
         return used
+    if used > declared and plates <= declared:
+        site = max(sites, key=_batch_ndim)
+        raise EnumerationError(
+            f"{who}: site '{site['name']}' has a log density of {_batch_ndim(site)} batch "
+            f"dims (data dims outside any plate count too) but max_plate_nesting="
+            f"{declared}; enumerated dims would collide with them. Raise max_plate_nesting "
+            f"to at least {used} (or leave it unset: ppl reads it from the model)"
+        )
     if used > declared:
         plate = next(
             f.name
@@ -194,6 +220,17 @@ def collapsed_terms(fn, args, kwargs, nesting: int) -> list[CollapsedTerm]:
     for site in samples:
         lp = site_log_density(site)
         dim_to_name = site["infer"]["dim_to_name"]
+        # data dims outside any plate (no name, or the enum trace's default name for a
+        # dim no plate claims): summed, as NumPyro sums them
+        free = tuple(
+            d
+            for d in range(-jnp.ndim(lp), 0)
+            if jnp.shape(lp)[d] > 1
+            and (d not in dim_to_name or dim_to_name[d].startswith("_pyro_dim_"))
+        )
+        if free:
+            lp = jnp.sum(lp, axis=free, keepdims=True)
+            dim_to_name = OrderedDict((d, n) for d, n in dim_to_name.items() if d not in free)
         if all(d == 1 for d in jnp.shape(lp)) and not dim_to_name:
             lp = jnp.reshape(lp, ())
         factor = to_funsor(lp, output=funsor.Real, dim_to_name=dim_to_name)
