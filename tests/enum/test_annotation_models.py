@@ -207,10 +207,10 @@ def reference_log_joint(model, values):
     return total + jax.nn.logsumexp(jnp.stack(per_class), axis=0).sum()
 
 
-# MACE (two enumerated sites in nested plates) and item difficulty (a guide-sampled site
-# whose factor reads c) in the fast suite; the other four in the slow step
+# item difficulty (a guide-sampled site whose factor reads c) in the fast suite; the other
+# five in the slow step
 CASES = [
-    pytest.param(m, id=m.__name__, marks=() if m in (mace, item_difficulty) else pytest.mark.slow)
+    pytest.param(m, id=m.__name__, marks=() if m is item_difficulty else pytest.mark.slow)
     for m in MODELS
 ]
 
