@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from .distributions import site_shape
+
 
 class ModelGuideMismatch(ValueError):
     """Model and guide disagree about a site (its presence, shape, plates or role)."""
@@ -59,7 +61,7 @@ def check_model_guide(model_trace, guide_trace, values, marked_enumerated) -> No
                 "(infer={'enumerate': 'parallel'}) and also sampled by the guide: either let "
                 "the model sum it out (remove it from the guide) or remove the mark"
             )
-        model_shape = tuple(m["fn"].shape())
+        model_shape = site_shape(m)
         guide_shape = tuple(jnp.shape(g["value"]))
         if guide_shape != model_shape:
             raise ModelGuideMismatch(

@@ -17,7 +17,7 @@ from ..sharding import _particle_placement
 from .arguments import count
 from .consistency import check_model_guide
 from .data_check import check_observed
-from .distributions import base_distribution, log_prob, site_log_density
+from .distributions import base_distribution, log_prob, site_log_density, site_shape
 from .finite import check_site
 from .model_enum import (
     CollapsedTerm,
@@ -265,7 +265,7 @@ def _check_shape(name, site):
     the model lacks); observed data may (``sample("y", Normal(mu, 1), obs=y)`` with no plate:
     NumPyro sums the broadcast log density, and so does ppl), but must broadcast."""
     value_shape = jnp.shape(site["value"])
-    fn_shape = tuple(site["fn"].shape())
+    fn_shape = site_shape(site)
     try:
         joint = jax.lax.broadcast_shapes(value_shape, fn_shape)
         fits = joint == fn_shape or site["is_observed"]

@@ -26,6 +26,13 @@ def base_distribution(fn: dist.Distribution) -> dist.Distribution:
     return fn
 
 
+def site_shape(site) -> tuple:
+    """A sample site's value shape: ``sample_shape`` (NumPyro's keyword) + the
+    distribution's batch and event shape."""
+    sample_shape = (site.get("kwargs") or {}).get("sample_shape") or ()
+    return tuple(sample_shape) + tuple(site["fn"].shape())
+
+
 def is_reparameterized(fn: dist.Distribution) -> bool:
     return bool(getattr(fn, "has_rsample", False))
 

@@ -1,9 +1,10 @@
-"""Observed data with dims outside any plate: ``numpyro.sample("y", Normal(mu, 1), obs=y)``
-with ``y`` of shape (n,) and no plate, a common NumPyro idiom. NumPyro sums the broadcast
-log density; so must ppl, in every path: plain density, pathwise and REINFORCE gradients,
-and model-side enumeration (where, as ``TraceEnum_ELBO`` does, the unplated data dims
-count in the plate nesting and enumerated dims go to their left). A *latent* value that
-grows its site's shape (a guide with a plate the model lacks) stays refused.
+"""NumPyro's shape conventions. Observed data with dims outside any plate,
+``numpyro.sample("y", Normal(mu, 1), obs=y)`` with ``y`` of shape (n,) and no plate, is a
+common NumPyro idiom: NumPyro sums the broadcast log density, and so must ppl in every
+path (plain density, pathwise and REINFORCE gradients, model-side enumeration, where, as
+``TraceEnum_ELBO`` does, the unplated data dims count in the plate nesting and enumerated
+dims go to their left). A *latent* value that grows its site's shape (a guide with a plate
+the model lacks) stays refused. A site's shape includes NumPyro's ``sample_shape``.
 """
 
 from __future__ import annotations
@@ -133,3 +134,33 @@ def test_latent_value_growing_its_site_is_refused():
         ppl.objectives.elbo().loss(KEY, {}, normal_mean, guide, jnp.array(0.5))
     with pytest.raises(ValueError, match="site 'mu': value of shape \\(3,\\) does not fit"):
         ppl.density(normal_mean, {"mu": jnp.zeros(3)}, jnp.array(0.5))
+
+
+def iid_means(y):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 1.0), sample_shape=(3,))
+    numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+
+def test_sample_shape_is_part_of_the_site_shape():
+    """``sample("mu", Normal(0, 1), sample_shape=(3,))``: the site's value has shape (3,),
+    so a guide (here AutoDelta) sampling (3,) values matches it; -elbo equals
+    ``Trace_ELBO``'s (value and gradient). Before: "Model and guide shapes disagree at site
+    'mu': guide (3,), model ()"."""
+    y = Y[:3]
+    guide = AutoDelta(iid_means)
+    params = {"mu_auto_loc": jnp.array([0.1, -0.2, 0.3])}
+
+    def value_and_grad(loss):
+        return jax.value_and_grad(lambda p: loss.loss(KEY, p, iid_means, guide, y))(params)
+
+    (ours, ours_grad), (theirs, theirs_grad) = (
+        value_and_grad(ppl.objectives.elbo()),
+        value_and_grad(Trace_ELBO()),
+    )
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+    np.testing.assert_allclose(ours_grad["mu_auto_loc"], theirs_grad["mu_auto_loc"], rtol=1e-6)
+    expected = stats.norm.logpdf([0.1, -0.2, 0.3]).sum()
+    expected += stats.norm.logpdf(np.asarray(y), [0.1, -0.2, 0.3]).sum()
+    np.testing.assert_allclose(
+        ppl.density(iid_means, {"mu": params["mu_auto_loc"]}, y), expected, rtol=1e-6
+    )
