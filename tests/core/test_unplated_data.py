@@ -199,3 +199,39 @@ def test_intro_regression_gradient_agrees_with_trace_elbo():
     (ours, se_ours), (theirs, se_theirs) = grads(ppl.objectives.elbo()), grads(Trace_ELBO())
     z = (ours - theirs) / jnp.sqrt(se_ours**2 + se_theirs**2)
     assert float(jnp.max(jnp.abs(z))) < 4.0, np.asarray(z)
+
+
+@config_enumerate
+def switch_and_columns(y):
+    pz = numpyro.param("pz", 0.3, constraint=dist.constraints.unit_interval)
+    z = numpyro.sample("z", dist.Bernoulli(pz))
+    with numpyro.plate("cols", 4):
+        w = numpyro.sample("w", dist.Bernoulli(0.5))
+        numpyro.sample("y", dist.Normal(2.0 * z - 1.0 + w, 1.0), obs=y)
+
+
+def test_unplated_rows_inside_a_plate_with_global_and_local_enumeration():
+    """Data (3, 4): a plate over the 4 columns, the 3 rows outside any plate; z global and
+    w per column, both summed out: equals brute force and ``TraceEnum_ELBO``."""
+    with enable_x64(True):
+        y = jnp.asarray(np.random.default_rng(0).normal(size=(3, 4)))
+        params = {"pz": jnp.array(0.3)}
+        ours = ppl.objectives.elbo().loss(KEY, params, switch_and_columns, _no_guide, y)
+        theirs = TraceEnum_ELBO().loss(KEY, params, switch_and_columns, _no_guide, y)
+        per_z = []
+        for z, pz in ((0, 0.7), (1, 0.3)):
+            cols = [
+                jax.nn.logsumexp(
+                    jnp.array(
+                        [
+                            np.log(0.5) + dist.Normal(2.0 * z - 1 + w, 1).log_prob(y[:, c]).sum()
+                            for w in (0, 1)
+                        ]
+                    )
+                )
+                for c in range(4)
+            ]
+            per_z.append(np.log(pz) + sum(cols))
+        brute = -jax.nn.logsumexp(jnp.array(per_z))
+        np.testing.assert_allclose(ours, brute, rtol=1e-10)
+        np.testing.assert_allclose(theirs, brute, rtol=1e-10)
