@@ -163,7 +163,8 @@ class ChEESParameters(NamedTuple):
 class ChEESAdaptState(NamedTuple):
     """Warm-up state over all chains: BlackJAX's ``ChEESAdaptationState`` (dual averaging of
     log ε, Adam on log T, their moving averages), the ensemble moment accumulators of the
-    diagonal mass matrix and of the length floor (None when not estimated), and the
+    metric (``welford``: BlackJAX's schedule only; ``moments``: the windows' and the length
+    floor's) and the floor's eigen-estimate (None when not estimated), and the
     ``parameters`` the next iteration uses (the final ones after the last warm-up step), and
     per chain the iterations since it last accepted a move (``idle``, for the rescue)."""
 
@@ -278,8 +279,7 @@ def chees_warmup(
     floor_start = int(window_ends[0]) + 1
 
     def start(step_size, states, trajectory_length=None, inverse_mass_matrix=None):
-        flat = jax.vmap(lambda p: ravel_pytree(p)[0])(states.position)
-        num_chains, num_dim = flat.shape
+        num_chains, num_dim = _flat_positions(states.position).shape
         step_size = jnp.asarray(step_size, jnp.result_type(float))
         state = init(jnp.asarray(0, jnp.int32), step_size)
         if trajectory_length is not None:
@@ -291,7 +291,7 @@ def chees_warmup(
         if dense:
             imm = jnp.eye(num_dim, dtype=step_size.dtype)
         welford = moments = eig = None
-        if adapt_mass_matrix:
+        if adapt_mass_matrix and not windowed:  # BlackJAX's schedule's variance estimate
             welford = wc_init(num_dim)
         if floor or windowed:
             moments = MomentBlock(jnp.zeros(()), jnp.zeros(num_dim), jnp.zeros((num_dim, num_dim)))
@@ -301,24 +301,24 @@ def chees_warmup(
         idle = jnp.zeros(num_chains, jnp.int32)
         return ChEESAdaptState(state, welford, moments, eig, params, idle)
 
-    def threshold(num_dim):
-        return bj._mass_matrix_engagement_threshold(num_dim)
+    threshold = ensemble_metric.diagonal_engagement_threshold
 
     def inverse_mass(adapt, num_dim):
-        if adapt.welford is None:  # fixed (identity unless given to ``start``)
-            return adapt.parameters.inverse_mass_matrix
-        if windowed:  # set at the ends of the windows (``ensemble_metric.end_window``)
+        # fixed (identity unless given to ``start``), or set at the ends of the windows
+        # (``ensemble_metric.end_window``)
+        if adapt.welford is None:
             return adapt.parameters.inverse_mass_matrix
         return bj._diagonal_mass_matrix_or_fallback(adapt.welford, threshold(num_dim), num_dim)
 
     def consumed_length(length, step_size, welford, eig, num_dim, moments=None, t=None):
         if not floor:
             return length
-        engaged = welford.sample_size >= threshold(num_dim)
         if windowed:
             engaged = ensemble_metric.engaged(moments, num_dim, dense)
             if t is not None:  # ``final`` (t = num_warmup - 1) is past floor_start
                 engaged = engaged & (t >= floor_start)
+        else:
+            engaged = welford.sample_size >= threshold(num_dim)
         return bj._apply_length_floor(
             length, eig.lambda_max, engaged, True, max_leapfrog_steps, step_size
         )[0]
@@ -361,11 +361,10 @@ def chees_warmup(
         # BlackJAX's criterion reduces each leaf over its last axis only: hand it every
         # chain's position as one flat vector (a matrix-valued site, e.g. Dirichlet rows,
         # failed to broadcast)
-        flat = jax.vmap(lambda p: ravel_pytree(p)[0])
         proposal, momentum, initial, criterion_imm = (
-            flat(info.proposal.position),
-            flat(info.proposal.momentum),
-            flat(states.position),
+            _flat_positions(info.proposal.position),
+            _flat_positions(info.proposal.momentum),
+            _flat_positions(states.position),
             imm,
         )
         if imm.ndim == 2:  # BlackJAX whitens by a diagonal: hand it whitened coordinates
@@ -387,7 +386,7 @@ def chees_warmup(
         if adapt_mass_matrix:
             # BlackJAX's schedule: the last window_fraction of warm-up; windowed: every window
             in_window = (t >= window_start) | windowed
-            x_new = jax.vmap(lambda p: ravel_pytree(p)[0])(new.position)
+            x_new = _flat_positions(new.position)
 
             def fold(acc):
                 return jax.lax.scan(lambda a, row: (wc_update(a, row), None), acc, x_new)[0]
@@ -430,6 +429,11 @@ def chees_warmup(
         return adapt._replace(parameters=params)
 
     return ChEESWarmup(start, step, adapt_update, rescue)
+
+
+def _flat_positions(positions) -> jax.Array:
+    """Every chain's position pytree (leading chain axis) as one flat vector: (C, d)."""
+    return jax.vmap(lambda p: ravel_pytree(p)[0])(positions)
 
 
 def _ensemble_step(transition, key, t, states, params: ChEESParameters):
