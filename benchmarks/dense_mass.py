@@ -20,12 +20,10 @@ Prints the table; ``benchmarks/DENSE_MASS_RESULTS.md`` records a run.
 from __future__ import annotations
 
 import argparse
-import collections
 import statistics
 import time
 
 import jax
-import jax.monitoring
 import jax.numpy as jnp
 import numpy as np
 import numpyro
@@ -34,22 +32,13 @@ from numpyro.diagnostics import effective_sample_size
 from numpyro.infer import HMC, MCMC, NUTS
 
 import ppl
+from benchmarks.harness import compile_seconds, start_compile_clock
 
 D = 5
 SCALES = np.array([0.1, 0.3, 1.0, 3.0, 10.0])
 COV = SCALES[:, None] * (np.full((D, D), 0.99) + 0.01 * np.eye(D)) * SCALES[None, :]
 TRIL = np.linalg.cholesky(COV)
 MEAN = np.array([1.0, -2.0, 3.0, 0.0, 5.0])
-
-_COMPILE_S = collections.defaultdict(float)
-jax.monitoring.register_event_duration_secs_listener(
-    lambda event, duration, **_: _COMPILE_S.__setitem__(event, _COMPILE_S[event] + duration)
-)
-_COMPILE_EVENTS = (
-    "/jax/core/compile/jaxpr_trace_duration",
-    "/jax/core/compile/jaxpr_to_mlir_module_duration",
-    "/jax/core/compile/backend_compile_duration",
-)
 
 
 def gaussian():
@@ -87,12 +76,12 @@ def whitened_spectrum(imm) -> np.ndarray:
 
 
 def one_run(mcmc, key):
-    _COMPILE_S.clear()
+    start_compile_clock()
     t0 = time.perf_counter()
     mcmc.run(key, extra_fields=("num_steps", "diverging"))
     draws = np.asarray(jax.block_until_ready(mcmc.get_samples(group_by_chain=True))["x"])
     wall = time.perf_counter() - t0
-    run_s = wall - sum(_COMPILE_S[e] for e in _COMPILE_EVENTS)
+    run_s = wall - compile_seconds()
     ess = float(np.min(effective_sample_size(np.asarray(draws, np.float64))))
     grads = int(np.sum(np.asarray(mcmc.get_extra_fields()["num_steps"])))
     spectra = [whitened_spectrum(m) for m in inverse_mass(mcmc)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import statistics
 import time
 from collections import Counter
@@ -9,7 +10,35 @@ from collections.abc import Callable
 
 import jax
 import jax.extend as jex
+import jax.monitoring
 import numpy as np
+
+# JAX's compilation events: trace, lowering to MLIR, XLA compile (seconds, summed per run)
+_COMPILE_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
+_compile_s: dict[str, float] = collections.defaultdict(float)
+_listening = False
+
+
+def _record_duration(event: str, duration: float, **_) -> None:
+    _compile_s[event] += duration
+
+
+def start_compile_clock() -> None:
+    """Zero the compile-time clock (the JAX listener is registered on first use)."""
+    global _listening
+    if not _listening:
+        jax.monitoring.register_event_duration_secs_listener(_record_duration)
+        _listening = True
+    _compile_s.clear()
+
+
+def compile_seconds() -> float:
+    """Seconds JAX spent compiling since :func:`start_compile_clock`."""
+    return sum(_compile_s[e] for e in _COMPILE_EVENTS)
 
 
 def _count_eqns(jaxpr, counter: Counter) -> int:

@@ -18,7 +18,6 @@ kernels. Writes ``benchmarks/MCMC_RESULTS.md``.
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
 import platform
@@ -30,7 +29,6 @@ from pathlib import Path
 
 import arviz as az
 import jax
-import jax.monitoring
 import jax.numpy as jnp
 import numpy as np
 import numpyro
@@ -39,20 +37,11 @@ from numpyro.infer import HMC, MCMC, NUTS
 from numpyro.infer.util import initialize_model
 
 import ppl
+from benchmarks.harness import compile_seconds, start_compile_clock
 from models import posteriordb
 
 HERE = Path(__file__).parent
 SMALL_LOOPS = "--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=1000000000"
-
-_COMPILE_S = collections.defaultdict(float)
-jax.monitoring.register_event_duration_secs_listener(
-    lambda event, duration, **_: _COMPILE_S.__setitem__(event, _COMPILE_S[event] + duration)
-)
-_COMPILE_EVENTS = (
-    "/jax/core/compile/jaxpr_trace_duration",
-    "/jax/core/compile/jaxpr_to_mlir_module_duration",
-    "/jax/core/compile/backend_compile_duration",
-)
 
 
 def eight_schools(y, sigma):
@@ -86,12 +75,12 @@ def samplers():
 
 def timed_run(mcmc, key, data):
     """(wall s, compile s, min ESS, gradient evaluations) of one ``MCMC.run``."""
-    _COMPILE_S.clear()
+    start_compile_clock()
     t0 = time.perf_counter()
     mcmc.run(key, *data, extra_fields=("num_steps",))
     samples = jax.block_until_ready(mcmc.get_samples())
     wall = time.perf_counter() - t0
-    compile_s = sum(_COMPILE_S[e] for e in _COMPILE_EVENTS)
+    compile_s = compile_seconds()
     grads = int(np.sum(np.asarray(mcmc.get_extra_fields()["num_steps"])))
     return wall, compile_s, min_ess(samples), grads
 
