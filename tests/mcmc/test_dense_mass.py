@@ -104,6 +104,10 @@ def correlated_logdensity(z):
     return -0.5 * x @ jnp.asarray(PRECISION) @ x
 
 
+def _flat_position(state) -> jax.Array:
+    return jax.flatten_util.ravel_pytree(state.position)[0]
+
+
 def chain_states(kernel, n=200):
     start = {"a": jnp.array([0.1, -0.5, 2.0]), "b": jnp.array(0.3)}
     run = lambda key: jax.lax.scan(  # noqa: E731
@@ -123,7 +127,6 @@ def test_dense_nuts_transition_is_blackjaxs():
     step_size, imm = 0.8, jnp.asarray(NEAR_IMM)
     ours = mcmc.nuts(correlated_logdensity, step_size, imm, max_num_doublings=6)
     theirs = bj_nuts.build_kernel()
-    flat = lambda s: jax.flatten_util.ravel_pytree(s.position)[0]  # noqa: E731
 
     def both(z, key):
         state = ours.init(z)
@@ -132,9 +135,9 @@ def test_dense_nuts_transition_is_blackjaxs():
             key, bj_hmc.HMCState(*state), correlated_logdensity, step_size, imm, 6
         )
         return (
-            (flat(new), info.num_steps, info.acceptance_rate, info.is_divergent),
+            (_flat_position(new), info.num_steps, info.acceptance_rate, info.is_divergent),
             (
-                flat(bj_new),
+                _flat_position(bj_new),
                 bj_info.num_integration_steps,
                 bj_info.acceptance_rate,
                 bj_info.is_divergent,
@@ -161,7 +164,6 @@ def test_dense_hmc_transition_is_blackjaxs():
     step_size, num_steps, imm = 0.5, 7, jnp.asarray(NEAR_IMM)
     ours = mcmc.hmc(correlated_logdensity, step_size, num_steps, imm)
     theirs = bj_hmc.build_kernel()
-    flat = lambda s: jax.flatten_util.ravel_pytree(s.position)[0]  # noqa: E731
 
     def both(z, key):
         state = ours.init(z)
@@ -169,8 +171,8 @@ def test_dense_hmc_transition_is_blackjaxs():
         bj_new, bj_info = theirs(
             key, bj_hmc.HMCState(*state), correlated_logdensity, step_size, imm, num_steps
         )
-        return (flat(new), info.acceptance_rate, info.is_accepted), (
-            flat(bj_new),
+        return (_flat_position(new), info.acceptance_rate, info.is_accepted), (
+            _flat_position(bj_new),
             bj_info.acceptance_rate,
             bj_info.is_accepted,
         )
