@@ -49,6 +49,55 @@ def site_log_density(site):
     return log_prob(site["fn"], site["value"])
 
 
+def _categorical_log_prob(fn, value):
+    """NumPyro's Categorical ``log_prob`` (the same gather of the same normalized logits)
+    without first broadcasting the logits to the value's batch shape: an enumerated
+    transition's value has the states on a dim of their own, and NumPyro's copy of the
+    logits along it costs O(S) per entry (O(T S^3) for a chain of T steps)."""
+    log_pmf = _categorical_log_pmf(fn)
+    batch_shape = jax.lax.broadcast_shapes(jnp.shape(value), tuple(fn.batch_shape))
+    ndim = len(batch_shape)
+    index = jnp.reshape(value, (1,) * (ndim - jnp.ndim(value)) + jnp.shape(value))
+    log_pmf = jnp.reshape(log_pmf, (1,) * (ndim + 1 - jnp.ndim(log_pmf)) + jnp.shape(log_pmf))
+    lp = jnp.take_along_axis(log_pmf, index[..., None], axis=-1)[..., 0]
+    lp = jnp.broadcast_to(lp, batch_shape)
+    if fn._validate_args:  # as NumPyro's ``validate_sample``
+        lp = jnp.where(fn._validate_sample(value), lp, -jnp.inf)
+    return lp
+
+
+def _categorical_log_pmf(fn):
+    if isinstance(fn, dist.CategoricalProbs):
+        return fn.logits  # NumPyro's log of the probabilities
+    return fn.logits - jax.nn.logsumexp(fn.logits, axis=-1, keepdims=True)
+
+
+def support_log_prob(fn: dist.Distribution, value, dim: int):
+    """``log_prob(fn, value)`` where ``value`` is ``fn``'s enumerated support on batch dim
+    ``dim`` (``arange(S)`` there, size 1 elsewhere: the value NumPyro's ``enum`` gives a
+    site). For a Categorical the states already lie on the event axis, so the result is
+    that axis moved to ``dim``: no gather, and no scatter in its gradient (an O(T S^2)
+    scatter for a chain of T steps). Other families: :func:`log_prob`."""
+    if isinstance(fn, dist.ExpandedDistribution):
+        lp = support_log_prob(fn.base_dist, value, dim)
+        shape = jax.lax.broadcast_shapes(tuple(fn.batch_shape), jnp.shape(value))
+        return jnp.broadcast_to(lp, shape)
+    if isinstance(fn, dist.MaskedDistribution) and fn._mask is not False:
+        lp = support_log_prob(fn.base_dist, value, dim)  # the support is feasible
+        return lp if fn._mask is True else jnp.where(fn._mask, lp, 0.0)
+    if not isinstance(fn, (dist.CategoricalProbs, dist.CategoricalLogits)):
+        return log_prob(fn, value)
+    batch_shape = jax.lax.broadcast_shapes(jnp.shape(value), tuple(fn.batch_shape))
+    ndim = len(batch_shape)
+    log_pmf = _categorical_log_pmf(fn)
+    log_pmf = jnp.reshape(log_pmf, (1,) * (ndim + 1 - jnp.ndim(log_pmf)) + jnp.shape(log_pmf))
+    states = log_pmf.shape[-1]
+    if not (-ndim <= dim < 0) or log_pmf.shape[dim - 1] != 1 or batch_shape[dim] != states:
+        return log_prob(fn, value)  # parameters that vary along the site's own dim
+    lp = jnp.swapaxes(log_pmf, dim - 1, -1)[..., 0]
+    return jnp.broadcast_to(lp, batch_shape)
+
+
 def log_prob(fn: dist.Distribution, value):
     """``fn.log_prob(value)`` with correct gradients for logits-parameterized families."""
     if isinstance(fn, dist.ExpandedDistribution):
@@ -73,6 +122,8 @@ def log_prob(fn: dist.Distribution, value):
         return jnp.where(mask, log_prob(fn.base_dist, safe), 0.0)
     if isinstance(fn, dist.BernoulliLogits):
         return _y_logits(value, fn.logits, 1.0)
+    if isinstance(fn, (dist.CategoricalProbs, dist.CategoricalLogits)):
+        return _categorical_log_prob(fn, value)
     if isinstance(fn, dist.BinomialLogits):
         n = fn.total_count
         log_comb = gammaln(n + 1) - gammaln(value + 1) - gammaln(n - value + 1)

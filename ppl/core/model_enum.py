@@ -36,7 +36,7 @@ from numpyro.contrib.funsor.infer_util import _get_shift, _shift_name
 from numpyro.handlers import block
 from numpyro.primitives import Messenger
 
-from .distributions import base_distribution, site_log_density
+from .distributions import base_distribution, site_log_density, support_log_prob
 from .markov_chain import Chain, markov_factors
 
 funsor.set_backend("jax")
@@ -218,8 +218,12 @@ def collapsed_terms(fn, args, kwargs, nesting: int) -> list[CollapsedTerm]:
     time_init, time_markov = defaultdict(frozenset), defaultdict(frozenset)
     history = 0
     for site in samples:
-        lp = site_log_density(site)
         dim_to_name = site["infer"]["dim_to_name"]
+        if site["name"] in enumerated:  # its value is its support, on its own dim
+            dim = next(d for d, n in dim_to_name.items() if n == site["name"])
+            lp = support_log_prob(site["fn"], site["value"], dim)
+        else:
+            lp = site_log_density(site)
         # data dims outside any plate (no name, or the enum trace's default name for a
         # dim no plate claims): summed, as NumPyro sums them
         free = tuple(
