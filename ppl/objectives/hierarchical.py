@@ -49,5 +49,7 @@ def diwhvi(
         return log_mean_exp(log_weights(model, q, num_particles, *args, **kwargs))
 
     return Objective(
-        program, name=f"diwhvi(num_particles={num_particles}, num_samples={num_samples})"
+        program,
+        name=f"diwhvi(num_particles={num_particles}, num_samples={num_samples})",
+        subsampling=False,
     )

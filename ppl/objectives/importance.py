@@ -28,7 +28,9 @@ def iwae(num_particles: int = 5, dreg: bool = False) -> Objective:
             return _dreg_iwae(model, guide, num_particles, args, kwargs)
         return log_mean_exp(log_weights(model, guide, num_particles, *args, **kwargs))
 
-    return Objective(program, name=f"iwae(num_particles={num_particles}, dreg={dreg})")
+    return Objective(
+        program, name=f"iwae(num_particles={num_particles}, dreg={dreg})", subsampling=False
+    )
 
 
 def _dreg_iwae(model, guide, num_particles, args, kwargs):
@@ -62,7 +64,9 @@ def renyi(alpha: float = 0.5, num_particles: int = 5) -> Objective:
         log_w = log_weights(model, guide, num_particles, *args, **kwargs)
         return log_mean_exp((1.0 - alpha) * log_w) / (1.0 - alpha)
 
-    return Objective(program, name=f"renyi(alpha={alpha}, num_particles={num_particles})")
+    return Objective(
+        program, name=f"renyi(alpha={alpha}, num_particles={num_particles})", subsampling=False
+    )
 
 
 @numpyro_loss_options
@@ -77,7 +81,7 @@ def vimco(num_particles: int = 5) -> Objective:
         guide = default_reinforce(guide, baseline="loo")
         return log_mean_exp(log_weights(model, guide, num_particles, *args, **kwargs))
 
-    return Objective(program, name=f"vimco(num_particles={num_particles})")
+    return Objective(program, name=f"vimco(num_particles={num_particles})", subsampling=False)
 
 
 @numpyro_loss_options
@@ -99,4 +103,4 @@ def cubo(n: float = 2.0, num_particles: int = 5, exponentiated: bool = False) ->
             return -jnp.mean(jnp.exp(n * log_w))
         return -log_mean_exp(n * log_w) / n
 
-    return Objective(program, name=f"cubo(n={n}, num_particles={num_particles})")
+    return Objective(program, name=f"cubo(n={n}, num_particles={num_particles})", subsampling=False)

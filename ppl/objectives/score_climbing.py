@@ -79,4 +79,4 @@ def msc(num_particles: int = 5, chain: str = "msc_chain") -> Objective:
         wake = density(model, current, *args, **kwargs) + density(guide, current, *args, **kwargs)
         return log_mean_exp(log_w) + (wake - lax.stop_gradient(wake))
 
-    return Objective(program, name=f"msc(num_particles={num_particles})")
+    return Objective(program, name=f"msc(num_particles={num_particles})", subsampling=False)

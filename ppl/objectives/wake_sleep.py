@@ -77,7 +77,7 @@ def rws(
 
     name = f"rws(num_particles={num_particles}, dreg={dreg}"
     name += ")" if rejuvenate is None else f", rejuvenate, steps={steps})"
-    return Objective(program, name=name)
+    return Objective(program, name=name, subsampling=False)
 
 
 def _rejuvenated_rws(model, guide, num_particles, make_kernel, steps, args, kwargs):
@@ -155,4 +155,8 @@ def tail_adaptive(num_particles: int = 5, beta: float = -1.0) -> Objective:
         gamma = gamma / jnp.sum(gamma)
         return log_mean_exp(fixed) + jnp.sum(gamma * (log_w - fixed))
 
-    return Objective(program, name=f"tail_adaptive(num_particles={num_particles}, beta={beta})")
+    return Objective(
+        program,
+        name=f"tail_adaptive(num_particles={num_particles}, beta={beta})",
+        subsampling=False,
+    )
