@@ -39,6 +39,7 @@ from benchmarks import enum_models as M  # noqa: E402
 from benchmarks.enum_report import render  # noqa: E402
 from benchmarks.harness import Compiled, time_side_by_side  # noqa: E402
 from benchmarks.run import _jsonable, _loadavg, machine_info, svi_loss_grad  # noqa: E402
+from ppl.core.time_parallel import sequential_scans  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -95,8 +96,15 @@ def bench_hmm(cfg: Config) -> list[dict]:
         params, y = M.hmm_problem(S, T)
         key = jax.random.PRNGKey(0)
         scan_m, markov_m = partial(M.hmm_scan, S=S), partial(M.hmm_markov, S=S)
+        ppl_grad = svi_loss_grad(ppl.objectives.elbo(), scan_m, M.no_guide)
+
+        def ppl_grad_sequential(p, k, y, ppl_grad=ppl_grad):
+            with sequential_scans():  # the scan body stacked by NumPyro's lax.scan
+                return ppl_grad(p, k, y)
+
         makers = [
-            ("ppl elbo (scan)", svi_loss_grad(ppl.objectives.elbo(), scan_m, M.no_guide)),
+            ("ppl elbo (scan)", ppl_grad),
+            ("diag: ppl elbo, sequential scan body", ppl_grad_sequential),
             ("hand forward", lambda p, k, y: jax.grad(M.hmm_forward_loss)(p, y)),
             ("diag: hand log-depth tree", lambda p, k, y: jax.grad(M.hmm_tree_loss)(p, y)),
         ]

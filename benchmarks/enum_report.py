@@ -200,17 +200,20 @@ loop (one site per step, so its compile time grows with T: not run for T > 100);
 algorithm; `tests/enum/test_elbo_family.py::test_trace_enum_scan_differs`).
 *hand forward* = `lax.scan` over time with a logsumexp per step, O(T S^2).
 
-How ppl contracts the chain: one `lax.scan` over time (`ppl/core/markov_chain.py`; the
-traced program is the same for every T), carrying a vector over the states (the forward
-algorithm, O(T S^2)) because this HMM's initial factors reduce to a vector over the first
-step (other groups get the S x S matrix product, O(T S^3)). These HMM rows were
-re-measured after that change; the first run of this file used NumPyro's
-`compute_markov_factors` (funsor's log-depth parallel-prefix tree, whose program grew
-with log2 T): 3.3-9.1x the forward algorithm, 19.1 ms at S = 16, T = 1000. The row
-*diag: hand log-depth tree* is that tree written in ~10 lines of JAX. What is left
-between ppl and the hand-written gradient (1.6-2.7x): the ELBO machinery around the
-same recursion (funsor's alignment of the factors, the emission factors built per site,
-ppl's estimator bookkeeping) and its gradient; the 1.1x goal is not met.""",
+How ppl scores and contracts the chain. The scan body is evaluated at all steps at once
+(`jax.vmap`, `ppl/core/time_parallel.py`), since its carry is the previous step's
+enumerated support, the same array at every step; the homogeneous transition matrix stays
+unstacked (scored once, not T times). An enumerated Categorical site is scored by moving
+its event axis to its dim (no gather, no scatter in the gradient;
+`ppl/core/distributions.py`). Then one `lax.scan` over time (`ppl/core/markov_chain.py`;
+the traced program is the same for every T) carries a vector over the states (the
+forward algorithm, O(T S^2)), because this HMM's initial factors reduce to a vector over
+the first step (other groups get the S x S matrix product, O(T S^3)). The row *diag: ppl
+elbo, sequential scan body* is the same ELBO with the body stacked by NumPyro's
+`lax.scan` (T sequential steps); *diag: hand log-depth tree* is funsor's parallel-prefix
+contraction, which NumPyro's `compute_markov_factors` uses for `scan`, written in ~10
+lines of JAX. Before these changes (the earlier run of this file) ppl was 1.6-2.7x the
+hand-written gradient.""",
     "mixture": """{mix_N} points from K well-separated 1-d Gaussians; params: weights
 (simplex), locs, scales (one per component); Adam (lr {mix_lr}), same init (locs at K
 data points drawn by the seed, unit scales, uniform weights) and same PRNG key per seed

@@ -38,6 +38,7 @@ from numpyro.primitives import Messenger
 
 from .distributions import base_distribution, site_log_density, support_log_prob
 from .markov_chain import Chain, markov_factors
+from .time_parallel import time_parallel_scans
 
 funsor.set_backend("jax")
 
@@ -196,7 +197,7 @@ def collapsed_terms(fn, args, kwargs, nesting: int) -> list[CollapsedTerm]:
     """
     with block(hide_fn=lambda msg: msg["type"] == "sample"):
         with plate_to_enum_plate(), enum(first_available_dim=-nesting - 1):
-            tr = packed_trace(_own_infer(fn)).get_trace(*args, **kwargs)
+            tr = packed_trace(time_parallel_scans(_own_infer(fn))).get_trace(*args, **kwargs)
 
     plate_dims, frames_by_name = {}, {}
     for site in tr.values():
