@@ -357,7 +357,13 @@ class ModelKernel(MCMCKernel):
         return self.postprocess_fn(model_args, model_kwargs or {})
 
     def __getstate__(self):
-        return self.__dict__.copy()  # all of it (NumPyro's HMC drops its compiled closures)
+        # NumPyro's MCMC pickles its kernel (``pickle.dumps(mcmc)``); the jitted ``init``
+        # closures cannot be pickled and are rebuilt on the next ``init``. Everything else
+        # stays (NumPyro's HMC also drops ``_sample_fn``: ppl's is a bound method, kept so
+        # that an unpickled run continues from ``post_warmup_state``)
+        state = self.__dict__.copy()
+        state["_init_cache"] = {}
+        return state
 
     def adapt_statistic(self, info) -> jax.Array:
         """The acceptance probability that step-size adaptation steers to its target."""
@@ -389,9 +395,7 @@ class ModelKernel(MCMCKernel):
         if init_params is None:
             raise ValueError("Valid `init_params` must be provided with `potential_fn`.")
         self._check_mass_structure(init_params)
-        self._sample_fn = self._sample_one
-        if vectorized:
-            self._sample_fn = jax.vmap(self._sample_one, in_axes=(0, None, None, None))
+        self._sample_fn = self._sample_one  # vmapped in ``sample`` for vectorized chains
         return self._init_fn(num_warmup, vectorized, model_args, model_kwargs)(init_params, rng_key)
 
     def _check_mass_structure(self, z) -> None:
@@ -516,7 +520,9 @@ class ModelKernel(MCMCKernel):
             return self._sample_fn(state, model_args, model_kwargs, state.i)
         # vectorized chains: warm-up rescue of lost chains (``ensemble_rescue``)
         t = state.i[0]
-        new = self._sample_fn(state, model_args, model_kwargs, t)
+        new = jax.vmap(self._sample_fn, in_axes=(0, None, None, None))(
+            state, model_args, model_kwargs, t
+        )
         return rescue_vectorized(new, t, self._num_warmup)
 
 
