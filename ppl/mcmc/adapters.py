@@ -636,8 +636,8 @@ class _LeapfrogKernel(ModelKernel):
 
 
 class HMC(_LeapfrogKernel, NumPyroHMC):
-    """HMC with ``num_steps`` leapfrog steps on a NumPyro model (``adjusted=False``: no
-    MH test); step size tuned during warm-up to ``target_accept_prob`` (default 0.8) and,
+    """HMC with ``num_steps`` leapfrog steps (default 10) on a NumPyro model
+    (``adjusted=False``: no MH test); step size tuned during warm-up to ``target_accept_prob`` (default 0.8) and,
     with ``adapt_mass_matrix=True`` (the default), the inverse mass matrix estimated from
     the warm-up draws in Stan's windows (NumPyro's ``warmup_adapter``): a diagonal, or as
     NumPyro's ``dense_mass=True`` one dense (d, d) covariance over the flattened
@@ -664,7 +664,7 @@ class HMC(_LeapfrogKernel, NumPyroHMC):
         model: Callable | None = None,
         potential_fn: Callable | None = None,
         step_size: float = 0.1,
-        num_steps: int | None = 10,
+        num_steps: int | None = None,
         adjusted: bool = True,
         adapt_step_size: bool = True,
         target_accept_prob: float | None = None,
@@ -690,10 +690,10 @@ class HMC(_LeapfrogKernel, NumPyroHMC):
             regularize_mass_matrix,
         )
         self._set_mass_structure(dense_mass, "ppl.mcmc.HMC")
-        if num_steps is None:
-            if trajectory_length is not None:
+        if num_steps is None:  # 10 steps, unless a trajectory_length asks for NumPyro's
+            if trajectory_length is not None:  # adaptive count, which is refused, not ignored
                 raise ValueError(
-                    "ppl.mcmc.HMC: a trajectory_length with num_steps=None (NumPyro's"
+                    "ppl.mcmc.HMC: a trajectory_length without num_steps (NumPyro's"
                     " adaptive step count) is not supported: give num_steps (e.g."
                     " round(trajectory_length / step_size)), or use ppl.mcmc.NUTS"
                 )

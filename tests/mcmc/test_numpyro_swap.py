@@ -70,6 +70,7 @@ def test_unknown_extra_field_is_named():
         (lambda: mcmc.NUTS(model, max_tree_depth=(8, 10)), "one depth"),
         (lambda: mcmc.NUTS(model, max_tree_depth=4, max_num_doublings=6), "same bound"),
         (lambda: mcmc.HMC(model, num_steps=None, trajectory_length=1.0), "trajectory_length"),
+        (lambda: mcmc.HMC(model, trajectory_length=1.0), "trajectory_length"),
     ],
 )
 def test_numpyro_options_ppl_cannot_honour_are_refused(make, match):
