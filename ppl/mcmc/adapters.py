@@ -465,6 +465,11 @@ class ModelKernel(MCMCKernel):
         diverging = jnp.zeros((), bool) if self.divergence(info) is not None else None
         return KernelState(jnp.array(0), inner, adapt, zero, zero, key, num_steps, diverging)
 
+    def _build_at(self, logdensity_fn: Callable, adapt: AdaptState, t) -> Kernel:
+        """The kernel that takes step ``t`` (:class:`NUTS` switches its depth bound after
+        warm-up, NumPyro's ``max_tree_depth=(warm-up, sampling)``)."""
+        return self._build(logdensity_fn, adapt)
+
     def _refind_step_size(self, logdensity_fn, adapt: AdaptState, z) -> AdaptState:
         """Restart dual averaging from ``find_step_size``'s reasonable step size at z."""
         find = self.find_step_size(logdensity_fn)
@@ -481,7 +486,7 @@ class ModelKernel(MCMCKernel):
         branches below stay real conditionals under ``vmap``)."""
         logdensity_fn = self._logdensity_fn(model_args, model_kwargs)
         rng_key, key_step = jax.random.split(state.rng_key)
-        kernel = self._build(logdensity_fn, state.adapt)
+        kernel = self._build_at(logdensity_fn, state.adapt, t)
         inner, info = kernel.step(key_step, state.inner)
         accept_prob = self.adapt_statistic(info)
         warm = state.i < self._num_warmup
@@ -637,12 +642,13 @@ class _LeapfrogKernel(ModelKernel):
 
 class HMC(_LeapfrogKernel, NumPyroHMC):
     """HMC with ``num_steps`` leapfrog steps (default 10) on a NumPyro model
-    (``adjusted=False``: no MH test); step size tuned during warm-up to ``target_accept_prob`` (default 0.8) and,
-    with ``adapt_mass_matrix=True`` (the default), the inverse mass matrix estimated from
-    the warm-up draws in Stan's windows (NumPyro's ``warmup_adapter``): a diagonal, or as
-    NumPyro's ``dense_mass=True`` one dense (d, d) covariance over the flattened
-    unconstrained latent vector, or ``dense_mass=[("x", "y"), ...]`` NumPyro's structured
-    form (dense blocks over the named sites, one diagonal block over the rest).
+    (``adjusted=False``: no MH test); step size tuned during warm-up to
+    ``target_accept_prob`` (default 0.8) and, with ``adapt_mass_matrix=True`` (the default),
+    the inverse mass matrix estimated from the warm-up draws in Stan's windows (NumPyro's
+    ``warmup_adapter``): a diagonal, or as NumPyro's ``dense_mass=True`` one dense (d, d)
+    covariance over the flattened unconstrained latent vector, or ``dense_mass=[("x", "y"),
+    ...]`` NumPyro's structured form (dense blocks over the named sites, one diagonal block
+    over the rest).
     Each step's ε is jittered uniformly within ±``step_size_jitter`` (default 20%) of the
     tuned value: with a fixed ε·L, a well-preconditioned near-Gaussian posterior can make
     trajectories near-periodic (measured on a 5-d Gaussian: min ESS 8–65 of 2000 draws in
@@ -727,7 +733,8 @@ class NUTS(_LeapfrogKernel, NumPyroNUTS):
     ...]`` NumPyro's structured form (dense blocks over the named sites, a diagonal over
     the rest; ``inverse_mass_matrix`` is then NumPyro's dict keyed by tuples of site names).
     NumPyro's keywords work for a drop-in swap: ``dense_mass``, ``max_tree_depth``
-    (= ``max_num_doublings``), ``regularize_mass_matrix``, ``find_heuristic_step_size``,
+    (= ``max_num_doublings``; a pair ``(d1, d2)`` bounds warm-up by d1, sampling by d2),
+    ``regularize_mass_matrix``, ``find_heuristic_step_size``,
     ``trajectory_length`` (ignored, as NumPyro's NUTS does); ``kinetic_fn`` and
     ``forward_mode_differentiation`` raise a ``ValueError``. ``extra_fields`` takes
     NumPyro's names: ``potential_energy``, ``z_grad``, ``accept_prob``, ``mean_accept_prob``,
@@ -773,23 +780,43 @@ class NUTS(_LeapfrogKernel, NumPyroNUTS):
             regularize_mass_matrix,
         )
         self._set_mass_structure(dense_mass, "ppl.mcmc.NUTS")
+        warmup_doublings = None
         if max_tree_depth is not None:  # NumPyro's name for the same bound
-            if isinstance(max_tree_depth, tuple):
-                raise ValueError(
-                    "ppl.mcmc.NUTS: max_tree_depth takes one depth, not a (warm-up, sampling)"
-                    f" pair {max_tree_depth}"
-                )
+            given = max_tree_depth
+            if isinstance(max_tree_depth, tuple):  # NumPyro's (warm-up, sampling) depths
+                if len(max_tree_depth) != 2:
+                    raise ValueError(
+                        "ppl.mcmc.NUTS: max_tree_depth takes one depth or a (warm-up,"
+                        f" sampling) pair, got {max_tree_depth}"
+                    )
+                warmup_doublings, max_tree_depth = max_tree_depth
             if max_num_doublings not in (10, max_tree_depth):
                 raise ValueError(
-                    f"ppl.mcmc.NUTS: max_tree_depth={max_tree_depth} and max_num_doublings="
+                    f"ppl.mcmc.NUTS: max_tree_depth={given} and max_num_doublings="
                     f"{max_num_doublings} name the same bound; give one"
                 )
             max_num_doublings = max_tree_depth
         del trajectory_length  # NumPyro's NUTS ignores it too (an HMC option)
         self._max_num_doublings = count(max_num_doublings, "max_num_doublings", "NUTS")
+        self._warmup_doublings = self._max_num_doublings
+        if warmup_doublings is not None:
+            self._warmup_doublings = count(warmup_doublings, "max_tree_depth[0]", "NUTS")
 
     def build(self, logdensity_fn, step_size, inverse_mass_matrix=1.0):
         return nuts(logdensity_fn, step_size, inverse_mass_matrix, self._max_num_doublings)
+
+    def _build_at(self, logdensity_fn, adapt: AdaptState, t) -> Kernel:
+        kernel = self._build(logdensity_fn, adapt)
+        if self._warmup_doublings == self._max_num_doublings:
+            return kernel
+        # NumPyro's max_tree_depth=(warm-up, sampling): the bound switches after warm-up
+        imm = adapt.inverse_mass_matrix
+        warm = nuts(logdensity_fn, adapt.step_size, imm, self._warmup_doublings)
+
+        def step(key, state):
+            return jax.lax.cond(t < self._num_warmup, warm.step, kernel.step, key, state)
+
+        return kernel._replace(step=step)
 
     @property
     def default_fields(self):

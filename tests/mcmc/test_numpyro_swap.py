@@ -67,7 +67,8 @@ def test_unknown_extra_field_is_named():
         (lambda: mcmc.HMC(model, dense_mass=[("mu",), ("mu",)]), "more than one block"),
         (lambda: mcmc.NUTS(model, kinetic_fn=lambda m, r: 0.0), "kinetic_fn"),
         (lambda: mcmc.NUTS(model, forward_mode_differentiation=True), "forward_mode"),
-        (lambda: mcmc.NUTS(model, max_tree_depth=(8, 10)), "one depth"),
+        (lambda: mcmc.NUTS(model, max_tree_depth=(8, 10, 12)), "pair"),
+        (lambda: mcmc.NUTS(model, max_tree_depth=(0, 10)), r"max_tree_depth\[0\]"),
         (lambda: mcmc.NUTS(model, max_tree_depth=4, max_num_doublings=6), "same bound"),
         (lambda: mcmc.HMC(model, num_steps=None, trajectory_length=1.0), "trajectory_length"),
         (lambda: mcmc.HMC(model, trajectory_length=1.0), "trajectory_length"),
@@ -106,6 +107,19 @@ def test_max_tree_depth_is_max_num_doublings():
     b = run(mcmc.NUTS(model, max_num_doublings=2))
     np.testing.assert_array_equal(a.get_samples()["mu"], b.get_samples()["mu"])
     assert int(np.max(a.get_extra_fields()["num_steps"])) <= 3
+
+
+def test_max_tree_depth_pair_bounds_warmup_then_sampling():
+    """NumPyro's ``max_tree_depth=(d1, d2)``: at most 2^d1 - 1 leapfrog steps per warm-up
+    iteration (here 1), at most 2^d2 - 1 after it, and longer trajectories do occur then."""
+    m = MCMC(mcmc.NUTS(model, max_tree_depth=(1, 3)), num_warmup=30, num_samples=30)
+    m._progress_bar = False
+    m.warmup(jax.random.PRNGKey(0), Y, extra_fields=("num_steps",), collect_warmup=True)
+    warm = np.asarray(m.get_extra_fields()["num_steps"])
+    m.run(jax.random.PRNGKey(1), Y, extra_fields=("num_steps",))
+    after = np.asarray(m.get_extra_fields()["num_steps"])
+    assert warm.shape == after.shape == (30,)
+    assert warm.max() == 1 and 1 < after.max() <= 7
 
 
 @pytest.mark.slow
