@@ -394,13 +394,14 @@ class ModelKernel(MCMCKernel):
             init_params = init_params.z
         if init_params is None:
             raise ValueError("Valid `init_params` must be provided with `potential_fn`.")
-        self._check_mass_structure(init_params)
+        self._check_mass_structure(init_params, vectorized)
         self._sample_fn = self._sample_one  # vmapped in ``sample`` for vectorized chains
         return self._init_fn(num_warmup, vectorized, model_args, model_kwargs)(init_params, rng_key)
 
-    def _check_mass_structure(self, z) -> None:
+    def _check_mass_structure(self, z, vectorized: bool = False) -> None:
         """A ``ValueError`` naming what is wrong with a structured ``dense_mass`` (or a
-        structured ``inverse_mass_matrix``) for the latent sites of ``z``."""
+        structured ``inverse_mass_matrix``) for the latent sites of ``z`` (with a leading
+        chain axis when ``vectorized``)."""
         imm = self._inverse_mass_matrix
         structured = isinstance(self._mass_structure, list)
         if not (structured or isinstance(imm, dict)):
@@ -412,6 +413,19 @@ class ModelKernel(MCMCKernel):
                 " inverse_mass_matrix) needs a model or a dict of init_params"
             )
         if isinstance(imm, dict) and not structured:
+            if len(imm) == 1 and set(next(iter(imm))) == set(z):
+                # NumPyro's report of a full diagonal / dense matrix on a model (one block
+                # keyed by the sorted site names, over the flattened latents in that order,
+                # as ppl's): its array, so that NumPyro's adapted matrix carries over
+                (value,) = imm.values()
+                d = ravel_pytree(jax.tree.map(lambda x: x[0], z) if vectorized else z)[0].size
+                if jnp.shape(value) not in ((d,), (d, d)):
+                    raise ValueError(
+                        f"{who}: inverse_mass_matrix {list(imm)} has shape"
+                        f" {jnp.shape(value)}; its {d} latent dimensions need ({d},) or ({d}, {d})"
+                    )
+                self._inverse_mass_matrix = jnp.asarray(value)
+                return
             raise ValueError(
                 f"{who}: a dict inverse_mass_matrix (NumPyro's structured form) needs"
                 " dense_mass given as the list of its tuples of site names; with"

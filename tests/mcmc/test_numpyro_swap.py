@@ -151,3 +151,23 @@ def test_mcmc_pickles_and_continues():
     m2.run(jax.random.PRNGKey(1), Y)
     mu = m2.get_samples(group_by_chain=True)["mu"]
     assert mu.shape == (2, 5) and np.all(np.isfinite(mu))
+
+
+def test_numpyros_reported_inverse_mass_matrix_carries_over():
+    """NumPyro's kernel reports a model's full diagonal (or dense) matrix as one block keyed
+    by the sorted site names; given back as ``inverse_mass_matrix`` it is that array (the
+    matrix every chain steps with), and a block of the wrong size is refused by name."""
+
+    def fit(imm):
+        kernel = mcmc.NUTS(model, inverse_mass_matrix=imm, adapt_mass_matrix=False)
+        m = MCMC(kernel, num_warmup=5, num_samples=5, num_chains=2, chain_method="vectorized")
+        m._progress_bar = False
+        m.run(jax.random.PRNGKey(0), Y)
+        return m
+
+    with pytest.raises(ValueError, match=r"\('mu',\).*\(1,\) or \(1, 1\)"):
+        fit({("mu",): jnp.array([0.3, 0.2])})
+    m = fit({("mu",): jnp.array([0.3])})
+    imm = m.last_state.adapt_state.inverse_mass_matrix
+    np.testing.assert_array_equal(imm, np.full((2, 1), 0.3, np.float32))
+    assert np.all(np.isfinite(m.get_samples()["mu"]))
