@@ -357,7 +357,13 @@ class ModelKernel(MCMCKernel):
         return self.postprocess_fn(model_args, model_kwargs or {})
 
     def __getstate__(self):
-        return self.__dict__.copy()  # all of it (NumPyro's HMC drops its compiled closures)
+        # NumPyro's MCMC pickles its kernel (``pickle.dumps(mcmc)``); the jitted ``init``
+        # closures cannot be pickled and are rebuilt on the next ``init``. Everything else
+        # stays (NumPyro's HMC also drops ``_sample_fn``: ppl's is a bound method, kept so
+        # that an unpickled run continues from ``post_warmup_state``)
+        state = self.__dict__.copy()
+        state["_init_cache"] = {}
+        return state
 
     def adapt_statistic(self, info) -> jax.Array:
         """The acceptance probability that step-size adaptation steers to its target."""
@@ -388,15 +394,14 @@ class ModelKernel(MCMCKernel):
             init_params = init_params.z
         if init_params is None:
             raise ValueError("Valid `init_params` must be provided with `potential_fn`.")
-        self._check_mass_structure(init_params)
-        self._sample_fn = self._sample_one
-        if vectorized:
-            self._sample_fn = jax.vmap(self._sample_one, in_axes=(0, None, None, None))
+        self._check_mass_structure(init_params, vectorized)
+        self._sample_fn = self._sample_one  # vmapped in ``sample`` for vectorized chains
         return self._init_fn(num_warmup, vectorized, model_args, model_kwargs)(init_params, rng_key)
 
-    def _check_mass_structure(self, z) -> None:
+    def _check_mass_structure(self, z, vectorized: bool = False) -> None:
         """A ``ValueError`` naming what is wrong with a structured ``dense_mass`` (or a
-        structured ``inverse_mass_matrix``) for the latent sites of ``z``."""
+        structured ``inverse_mass_matrix``) for the latent sites of ``z`` (with a leading
+        chain axis when ``vectorized``)."""
         imm = self._inverse_mass_matrix
         structured = isinstance(self._mass_structure, list)
         if not (structured or isinstance(imm, dict)):
@@ -408,6 +413,19 @@ class ModelKernel(MCMCKernel):
                 " inverse_mass_matrix) needs a model or a dict of init_params"
             )
         if isinstance(imm, dict) and not structured:
+            if len(imm) == 1 and set(next(iter(imm))) == set(z):
+                # NumPyro's report of a full diagonal / dense matrix on a model (one block
+                # keyed by the sorted site names, over the flattened latents in that order,
+                # as ppl's): its array, so that NumPyro's adapted matrix carries over
+                (value,) = imm.values()
+                d = ravel_pytree(jax.tree.map(lambda x: x[0], z) if vectorized else z)[0].size
+                if jnp.shape(value) not in ((d,), (d, d)):
+                    raise ValueError(
+                        f"{who}: inverse_mass_matrix {list(imm)} has shape"
+                        f" {jnp.shape(value)}; its {d} latent dimensions need ({d},) or ({d}, {d})"
+                    )
+                self._inverse_mass_matrix = jnp.asarray(value)
+                return
             raise ValueError(
                 f"{who}: a dict inverse_mass_matrix (NumPyro's structured form) needs"
                 " dense_mass given as the list of its tuples of site names; with"
@@ -461,6 +479,11 @@ class ModelKernel(MCMCKernel):
         diverging = jnp.zeros((), bool) if self.divergence(info) is not None else None
         return KernelState(jnp.array(0), inner, adapt, zero, zero, key, num_steps, diverging)
 
+    def _build_at(self, logdensity_fn: Callable, adapt: AdaptState, t) -> Kernel:
+        """The kernel that takes step ``t`` (:class:`NUTS` switches its depth bound after
+        warm-up, NumPyro's ``max_tree_depth=(warm-up, sampling)``)."""
+        return self._build(logdensity_fn, adapt)
+
     def _refind_step_size(self, logdensity_fn, adapt: AdaptState, z) -> AdaptState:
         """Restart dual averaging from ``find_step_size``'s reasonable step size at z."""
         find = self.find_step_size(logdensity_fn)
@@ -477,7 +500,7 @@ class ModelKernel(MCMCKernel):
         branches below stay real conditionals under ``vmap``)."""
         logdensity_fn = self._logdensity_fn(model_args, model_kwargs)
         rng_key, key_step = jax.random.split(state.rng_key)
-        kernel = self._build(logdensity_fn, state.adapt)
+        kernel = self._build_at(logdensity_fn, state.adapt, t)
         inner, info = kernel.step(key_step, state.inner)
         accept_prob = self.adapt_statistic(info)
         warm = state.i < self._num_warmup
@@ -516,7 +539,9 @@ class ModelKernel(MCMCKernel):
             return self._sample_fn(state, model_args, model_kwargs, state.i)
         # vectorized chains: warm-up rescue of lost chains (``ensemble_rescue``)
         t = state.i[0]
-        new = self._sample_fn(state, model_args, model_kwargs, t)
+        new = jax.vmap(self._sample_fn, in_axes=(0, None, None, None))(
+            state, model_args, model_kwargs, t
+        )
         return rescue_vectorized(new, t, self._num_warmup)
 
 
@@ -630,13 +655,14 @@ class _LeapfrogKernel(ModelKernel):
 
 
 class HMC(_LeapfrogKernel, NumPyroHMC):
-    """HMC with ``num_steps`` leapfrog steps on a NumPyro model (``adjusted=False``: no
-    MH test); step size tuned during warm-up to ``target_accept_prob`` (default 0.8) and,
-    with ``adapt_mass_matrix=True`` (the default), the inverse mass matrix estimated from
-    the warm-up draws in Stan's windows (NumPyro's ``warmup_adapter``): a diagonal, or as
-    NumPyro's ``dense_mass=True`` one dense (d, d) covariance over the flattened
-    unconstrained latent vector, or ``dense_mass=[("x", "y"), ...]`` NumPyro's structured
-    form (dense blocks over the named sites, one diagonal block over the rest).
+    """HMC with ``num_steps`` leapfrog steps (default 10) on a NumPyro model
+    (``adjusted=False``: no MH test); step size tuned during warm-up to
+    ``target_accept_prob`` (default 0.8) and, with ``adapt_mass_matrix=True`` (the default),
+    the inverse mass matrix estimated from the warm-up draws in Stan's windows (NumPyro's
+    ``warmup_adapter``): a diagonal, or as NumPyro's ``dense_mass=True`` one dense (d, d)
+    covariance over the flattened unconstrained latent vector, or ``dense_mass=[("x", "y"),
+    ...]`` NumPyro's structured form (dense blocks over the named sites, one diagonal block
+    over the rest).
     Each step's ε is jittered uniformly within ±``step_size_jitter`` (default 20%) of the
     tuned value: with a fixed ε·L, a well-preconditioned near-Gaussian posterior can make
     trajectories near-periodic (measured on a 5-d Gaussian: min ESS 8–65 of 2000 draws in
@@ -658,7 +684,7 @@ class HMC(_LeapfrogKernel, NumPyroHMC):
         model: Callable | None = None,
         potential_fn: Callable | None = None,
         step_size: float = 0.1,
-        num_steps: int | None = 10,
+        num_steps: int | None = None,
         adjusted: bool = True,
         adapt_step_size: bool = True,
         target_accept_prob: float | None = None,
@@ -684,10 +710,10 @@ class HMC(_LeapfrogKernel, NumPyroHMC):
             regularize_mass_matrix,
         )
         self._set_mass_structure(dense_mass, "ppl.mcmc.HMC")
-        if num_steps is None:
-            if trajectory_length is not None:
+        if num_steps is None:  # 10 steps, unless a trajectory_length asks for NumPyro's
+            if trajectory_length is not None:  # adaptive count, which is refused, not ignored
                 raise ValueError(
-                    "ppl.mcmc.HMC: a trajectory_length with num_steps=None (NumPyro's"
+                    "ppl.mcmc.HMC: a trajectory_length without num_steps (NumPyro's"
                     " adaptive step count) is not supported: give num_steps (e.g."
                     " round(trajectory_length / step_size)), or use ppl.mcmc.NUTS"
                 )
@@ -721,7 +747,8 @@ class NUTS(_LeapfrogKernel, NumPyroNUTS):
     ...]`` NumPyro's structured form (dense blocks over the named sites, a diagonal over
     the rest; ``inverse_mass_matrix`` is then NumPyro's dict keyed by tuples of site names).
     NumPyro's keywords work for a drop-in swap: ``dense_mass``, ``max_tree_depth``
-    (= ``max_num_doublings``), ``regularize_mass_matrix``, ``find_heuristic_step_size``,
+    (= ``max_num_doublings``; a pair ``(d1, d2)`` bounds warm-up by d1, sampling by d2),
+    ``regularize_mass_matrix``, ``find_heuristic_step_size``,
     ``trajectory_length`` (ignored, as NumPyro's NUTS does); ``kinetic_fn`` and
     ``forward_mode_differentiation`` raise a ``ValueError``. ``extra_fields`` takes
     NumPyro's names: ``potential_energy``, ``z_grad``, ``accept_prob``, ``mean_accept_prob``,
@@ -767,23 +794,43 @@ class NUTS(_LeapfrogKernel, NumPyroNUTS):
             regularize_mass_matrix,
         )
         self._set_mass_structure(dense_mass, "ppl.mcmc.NUTS")
+        warmup_doublings = None
         if max_tree_depth is not None:  # NumPyro's name for the same bound
-            if isinstance(max_tree_depth, tuple):
-                raise ValueError(
-                    "ppl.mcmc.NUTS: max_tree_depth takes one depth, not a (warm-up, sampling)"
-                    f" pair {max_tree_depth}"
-                )
+            given = max_tree_depth
+            if isinstance(max_tree_depth, tuple):  # NumPyro's (warm-up, sampling) depths
+                if len(max_tree_depth) != 2:
+                    raise ValueError(
+                        "ppl.mcmc.NUTS: max_tree_depth takes one depth or a (warm-up,"
+                        f" sampling) pair, got {max_tree_depth}"
+                    )
+                warmup_doublings, max_tree_depth = max_tree_depth
             if max_num_doublings not in (10, max_tree_depth):
                 raise ValueError(
-                    f"ppl.mcmc.NUTS: max_tree_depth={max_tree_depth} and max_num_doublings="
+                    f"ppl.mcmc.NUTS: max_tree_depth={given} and max_num_doublings="
                     f"{max_num_doublings} name the same bound; give one"
                 )
             max_num_doublings = max_tree_depth
         del trajectory_length  # NumPyro's NUTS ignores it too (an HMC option)
         self._max_num_doublings = count(max_num_doublings, "max_num_doublings", "NUTS")
+        self._warmup_doublings = self._max_num_doublings
+        if warmup_doublings is not None:
+            self._warmup_doublings = count(warmup_doublings, "max_tree_depth[0]", "NUTS")
 
     def build(self, logdensity_fn, step_size, inverse_mass_matrix=1.0):
         return nuts(logdensity_fn, step_size, inverse_mass_matrix, self._max_num_doublings)
+
+    def _build_at(self, logdensity_fn, adapt: AdaptState, t) -> Kernel:
+        kernel = self._build(logdensity_fn, adapt)
+        if self._warmup_doublings == self._max_num_doublings:
+            return kernel
+        # NumPyro's max_tree_depth=(warm-up, sampling): the bound switches after warm-up
+        imm = adapt.inverse_mass_matrix
+        warm = nuts(logdensity_fn, adapt.step_size, imm, self._warmup_doublings)
+
+        def step(key, state):
+            return jax.lax.cond(t < self._num_warmup, warm.step, kernel.step, key, state)
+
+        return kernel._replace(step=step)
 
     @property
     def default_fields(self):

@@ -1,6 +1,8 @@
 """Swapping NumPyro's HMC / NUTS for ppl's: NumPyro's keywords and extra-field names work,
 what ppl cannot honour is refused by name."""
 
+import pickle
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -65,9 +67,11 @@ def test_unknown_extra_field_is_named():
         (lambda: mcmc.HMC(model, dense_mass=[("mu",), ("mu",)]), "more than one block"),
         (lambda: mcmc.NUTS(model, kinetic_fn=lambda m, r: 0.0), "kinetic_fn"),
         (lambda: mcmc.NUTS(model, forward_mode_differentiation=True), "forward_mode"),
-        (lambda: mcmc.NUTS(model, max_tree_depth=(8, 10)), "one depth"),
+        (lambda: mcmc.NUTS(model, max_tree_depth=(8, 10, 12)), "pair"),
+        (lambda: mcmc.NUTS(model, max_tree_depth=(0, 10)), r"max_tree_depth\[0\]"),
         (lambda: mcmc.NUTS(model, max_tree_depth=4, max_num_doublings=6), "same bound"),
         (lambda: mcmc.HMC(model, num_steps=None, trajectory_length=1.0), "trajectory_length"),
+        (lambda: mcmc.HMC(model, trajectory_length=1.0), "trajectory_length"),
     ],
 )
 def test_numpyro_options_ppl_cannot_honour_are_refused(make, match):
@@ -105,6 +109,19 @@ def test_max_tree_depth_is_max_num_doublings():
     assert int(np.max(a.get_extra_fields()["num_steps"])) <= 3
 
 
+def test_max_tree_depth_pair_bounds_warmup_then_sampling():
+    """NumPyro's ``max_tree_depth=(d1, d2)``: at most 2^d1 - 1 leapfrog steps per warm-up
+    iteration (here 1), at most 2^d2 - 1 after it, and longer trajectories do occur then."""
+    m = MCMC(mcmc.NUTS(model, max_tree_depth=(1, 3)), num_warmup=30, num_samples=30)
+    m._progress_bar = False
+    m.warmup(jax.random.PRNGKey(0), Y, extra_fields=("num_steps",), collect_warmup=True)
+    warm = np.asarray(m.get_extra_fields()["num_steps"])
+    m.run(jax.random.PRNGKey(1), Y, extra_fields=("num_steps",))
+    after = np.asarray(m.get_extra_fields()["num_steps"])
+    assert warm.shape == after.shape == (30,)
+    assert warm.max() == 1 and 1 < after.max() <= 7
+
+
 @pytest.mark.slow
 def test_regularize_mass_matrix_reaches_the_adapter():
     """Stan's shrinkage (n/(n+5)) var + 1e-3 (5/(n+5)) is applied only when asked."""
@@ -113,3 +130,44 @@ def test_regularize_mass_matrix_reaches_the_adapter():
         m = run(mcmc.NUTS(model, regularize_mass_matrix=flag), num_warmup=200)
         inv[flag] = float(m.last_state.adapt.inverse_mass_matrix[0])
     assert inv[True] != inv[False]
+
+
+def test_mcmc_pickles_and_continues():
+    """``pickle.dumps(mcmc)`` works as with NumPyro's NUTS (vectorized chains included):
+    the draws survive the round trip and the unpickled run continues from
+    ``post_warmup_state``."""
+    m = MCMC(
+        mcmc.NUTS(model),
+        num_warmup=10,
+        num_samples=5,
+        num_chains=2,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
+    m.run(jax.random.PRNGKey(0), Y)
+    m2 = pickle.loads(pickle.dumps(m))
+    np.testing.assert_array_equal(m2.get_samples()["mu"], m.get_samples()["mu"])
+    m2.post_warmup_state = m2.last_state
+    m2.run(jax.random.PRNGKey(1), Y)
+    mu = m2.get_samples(group_by_chain=True)["mu"]
+    assert mu.shape == (2, 5) and np.all(np.isfinite(mu))
+
+
+def test_numpyros_reported_inverse_mass_matrix_carries_over():
+    """NumPyro's kernel reports a model's full diagonal (or dense) matrix as one block keyed
+    by the sorted site names; given back as ``inverse_mass_matrix`` it is that array (the
+    matrix every chain steps with), and a block of the wrong size is refused by name."""
+
+    def fit(imm):
+        kernel = mcmc.NUTS(model, inverse_mass_matrix=imm, adapt_mass_matrix=False)
+        m = MCMC(kernel, num_warmup=5, num_samples=5, num_chains=2, chain_method="vectorized")
+        m._progress_bar = False
+        m.run(jax.random.PRNGKey(0), Y)
+        return m
+
+    with pytest.raises(ValueError, match=r"\('mu',\).*\(1,\) or \(1, 1\)"):
+        fit({("mu",): jnp.array([0.3, 0.2])})
+    m = fit({("mu",): jnp.array([0.3])})
+    imm = m.last_state.adapt_state.inverse_mass_matrix
+    np.testing.assert_array_equal(imm, np.full((2, 1), 0.3, np.float32))
+    assert np.all(np.isfinite(m.get_samples()["mu"]))
