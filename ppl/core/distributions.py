@@ -72,19 +72,22 @@ def _categorical_log_pmf(fn):
     return fn.logits - jax.nn.logsumexp(fn.logits, axis=-1, keepdims=True)
 
 
-def support_log_prob(fn: dist.Distribution, value, dim: int):
+def support_log_prob(fn: dist.Distribution, value, dim: int, masked=0.0):
     """``log_prob(fn, value)`` where ``value`` is ``fn``'s enumerated support on batch dim
     ``dim`` (``arange(S)`` there, size 1 elsewhere: the value NumPyro's ``enum`` gives a
-    site). For a Categorical the states already lie on the event axis, so the result is
-    that axis moved to ``dim``: no gather, and no scatter in its gradient (an O(T S^2)
-    scatter for a chain of T steps). Other families: :func:`log_prob`."""
+    site), with ``masked`` in place of the log density of the elements a ``mask`` hides.
+    For a Categorical the states already lie on the event axis, so the result is that
+    axis moved to ``dim``: no gather, and no scatter in its gradient (an O(T S^2) scatter
+    for a chain of T steps). Other families: :func:`log_prob`."""
     if isinstance(fn, dist.ExpandedDistribution):
-        lp = support_log_prob(fn.base_dist, value, dim)
+        lp = support_log_prob(fn.base_dist, value, dim, masked)
         shape = jax.lax.broadcast_shapes(tuple(fn.batch_shape), jnp.shape(value))
         return jnp.broadcast_to(lp, shape)
-    if isinstance(fn, dist.MaskedDistribution) and fn._mask is not False:
-        lp = support_log_prob(fn.base_dist, value, dim)  # the support is feasible
-        return lp if fn._mask is True else jnp.where(fn._mask, lp, 0.0)
+    if isinstance(fn, dist.MaskedDistribution):
+        lp = support_log_prob(fn.base_dist, value, dim, masked)  # the support is feasible
+        if fn._mask is True:
+            return lp
+        return jnp.where(fn._mask, lp, jnp.asarray(masked, jnp.result_type(lp)))
     if not isinstance(fn, (dist.CategoricalProbs, dist.CategoricalLogits)):
         return log_prob(fn, value)
     batch_shape = jax.lax.broadcast_shapes(jnp.shape(value), tuple(fn.batch_shape))

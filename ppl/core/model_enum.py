@@ -16,7 +16,13 @@ per-element plate corrections of ``ppl.expectation`` see it as one term per plat
 O(T S^(order+1)); a first-order ``scan`` chain is contracted by one ``lax.scan``
 (:mod:`ppl.core.markov_chain`), so its program does not grow with T: the forward
 algorithm, O(T S^2), where the rest of its group reduces to a vector over its first
-step, else the product of its T transition matrices, O(T S^3).
+step, else the product of its T transition matrices, O(T S^3); its steps are scored all
+at once (:mod:`ppl.core.time_parallel`).
+
+An element of an enumerated site that a ``mask`` hides is summed with weights 1/S, so
+where nothing reads it (``obs_mask``'s unobserved site at an observed entry, a padded
+step of a chain) it adds nothing, as ``TraceEnum_ELBO`` finds; NumPyro's enumerated
+``log_density`` counts it with weight 1 (log S more; the same gradient).
 """
 
 from __future__ import annotations
@@ -222,7 +228,11 @@ def collapsed_terms(fn, args, kwargs, nesting: int) -> list[CollapsedTerm]:
         dim_to_name = site["infer"]["dim_to_name"]
         if site["name"] in enumerated:  # its value is its support, on its own dim
             dim = next(d for d, n in dim_to_name.items() if n == site["name"])
-            lp = support_log_prob(site["fn"], site["value"], dim)
+            states = jnp.shape(site["value"])[dim]
+            # an element a mask hides is summed with uniform weights 1/S: where nothing
+            # reads it (obs_mask's unobserved site at an observed entry, a padded step)
+            # it contributes log 1, as an element that does not exist
+            lp = support_log_prob(site["fn"], site["value"], dim, masked=-np.log(states))
         else:
             lp = site_log_density(site)
         # data dims outside any plate (no name, or the enum trace's default name for a
