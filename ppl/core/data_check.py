@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-from numpyro.distributions import MaskedDistribution, Unit, constraints
+from numpyro.distributions import (
+    BernoulliLogits,
+    BernoulliProbs,
+    MaskedDistribution,
+    Unit,
+    constraints,
+)
 from numpyro.distributions.constraints import _Dependent
 
 
@@ -80,8 +86,30 @@ def _check_site(name, site, where, supports):
         if outside.ndim > batch_ndim:
             outside = outside.reshape(outside.shape[:batch_ndim] + (-1,)).any(-1)
         outside = np.broadcast_to(outside, batch)
+        soft = (outside & mask).any() and _soft_labels(fn, value, mask, batch_ndim)
+        if soft and not _base(fn)._validate_args:
+            return  # NumPyro, validation off: its cross-entropy, y log p + (1 - y) log(1 - p)
         what = f"is outside the support of {type(_base(fn)).__name__} ({_name(support)})"
+        if soft:
+            what += (
+                " (soft labels in [0, 1]: NumPyro with validation on scores them -inf; with "
+                "numpyro.enable_validation(False) NumPyro and ppl score them by the "
+                "cross-entropy y log p + (1 - y) log(1 - p))"
+            )
         _raise_first(outside & mask, value, name, where, fn, what, batch_ndim)
+
+
+def _soft_labels(fn, value, mask, batch_ndim) -> bool:
+    """A Bernoulli observed at values in [0, 1] (e.g. grey-level pixels of a VAE), which
+    NumPyro scores by its cross-entropy formula where its validation is off."""
+    if not isinstance(_base(fn), (BernoulliProbs, BernoulliLogits)):
+        return False
+    if not np.issubdtype(value.dtype, np.floating):
+        return False
+    inside = (value >= 0) & (value <= 1)
+    if inside.ndim > batch_ndim:
+        inside = inside.reshape(inside.shape[:batch_ndim] + (-1,)).all(-1)
+    return bool(np.all(inside | ~mask))
 
 
 def _raise_first(bad, value, name, where, fn, what, batch_ndim):
