@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from functools import partial
+from functools import partial, wraps
 from typing import Any, NamedTuple
 
 import jax
@@ -140,6 +140,51 @@ def _replace_with_numpyro_names(state: KernelState, **changes) -> KernelState:
 
 
 KernelState._replace = _replace_with_numpyro_names  # typing.NamedTuple forbids it in the body
+
+
+# NumPyro's positional order after (model, potential_fn), so that a kernel built with
+# positional arguments means the same with ppl's class (ppl's own options are keywords)
+_NUMPYRO_HMC_ORDER = (
+    "kinetic_fn",
+    "step_size",
+    "inverse_mass_matrix",
+    "adapt_step_size",
+    "adapt_mass_matrix",
+    "dense_mass",
+    "target_accept_prob",
+)
+_NUMPYRO_TAIL = (
+    "init_strategy",
+    "find_heuristic_step_size",
+    "forward_mode_differentiation",
+    "regularize_mass_matrix",
+)
+NUMPYRO_HMC_ARGS = (*_NUMPYRO_HMC_ORDER, "num_steps", "trajectory_length", *_NUMPYRO_TAIL)
+NUMPYRO_NUTS_ARGS = (*_NUMPYRO_HMC_ORDER, "trajectory_length", "max_tree_depth", *_NUMPYRO_TAIL)
+
+
+def numpyro_positional(order: tuple):
+    """Decorate a kernel's ``__init__(self, model, potential_fn, *, ...)`` to take further
+    positional arguments in NumPyro's order (``order``), as keywords."""
+
+    def decorate(init):
+        @wraps(init)
+        def wrapper(self, model=None, potential_fn=None, *args, **kwargs):
+            who = f"ppl.mcmc.{type(self).__name__}"
+            if len(args) > len(order):
+                raise TypeError(
+                    f"{who}() takes at most {len(order) + 2} positional arguments (NumPyro's"
+                    f" order: model, potential_fn, {', '.join(order)}), got {len(args) + 2}"
+                )
+            for name, value in zip(order, args, strict=False):
+                if name in kwargs:
+                    raise TypeError(f"{who}() got multiple values for argument '{name}'")
+                kwargs[name] = value
+            init(self, model, potential_fn, **kwargs)
+
+        return wrapper
+
+    return decorate
 
 
 def numpyro_options(who: str, options: dict) -> bool | list:
@@ -679,10 +724,12 @@ class HMC(_LeapfrogKernel, NumPyroHMC):
         mcmc = MCMC(ppl.mcmc.HMC(model, num_steps=10, dense_mass=True), ...)
     """
 
+    @numpyro_positional(NUMPYRO_HMC_ARGS)
     def __init__(
         self,
         model: Callable | None = None,
         potential_fn: Callable | None = None,
+        *,
         step_size: float = 0.1,
         num_steps: int | None = None,
         adjusted: bool = True,
@@ -692,7 +739,6 @@ class HMC(_LeapfrogKernel, NumPyroHMC):
         adapt_mass_matrix: bool | None = None,
         inverse_mass_matrix: jax.Array | None = None,
         step_size_jitter: float = 0.2,
-        *,
         trajectory_length: float | None = None,
         regularize_mass_matrix: bool = True,
         **numpyro_kwargs,
@@ -764,10 +810,12 @@ class NUTS(_LeapfrogKernel, NumPyroNUTS):
         mcmc.last_state.adapt_state.inverse_mass_matrix  # (d, d): the adapted covariance
     """
 
+    @numpyro_positional(NUMPYRO_NUTS_ARGS)
     def __init__(
         self,
         model: Callable | None = None,
         potential_fn: Callable | None = None,
+        *,
         step_size: float = 0.1,
         max_num_doublings: int = 10,
         adapt_step_size: bool = True,
@@ -775,7 +823,6 @@ class NUTS(_LeapfrogKernel, NumPyroNUTS):
         init_strategy: Callable = init_to_uniform,
         adapt_mass_matrix: bool | None = None,
         inverse_mass_matrix: jax.Array | None = None,
-        *,
         max_tree_depth: int | None = None,
         regularize_mass_matrix: bool = True,
         trajectory_length: float | None = None,

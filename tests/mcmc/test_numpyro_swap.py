@@ -171,3 +171,22 @@ def test_numpyros_reported_inverse_mass_matrix_carries_over():
     imm = m.last_state.adapt_state.inverse_mass_matrix
     np.testing.assert_array_equal(imm, np.full((2, 1), 0.3, np.float32))
     assert np.all(np.isfinite(m.get_samples()["mu"]))
+
+
+def test_positional_arguments_mean_what_they_mean_in_numpyro():
+    """NumPyro's positional order after (model, potential_fn): kinetic_fn, step_size,
+    inverse_mass_matrix, adapt_step_size, ...; ppl's kernels read them the same way."""
+
+    def model():
+        numpyro.sample("x", dist.Normal(0.0, 1.0))
+
+    kernel = mcmc.NUTS(model, None, None, 0.5, None, False)
+    assert kernel._step_size == 0.5 and kernel._adapt_step_size is False
+    hmc = mcmc.HMC(model, None, None, 0.25, None, True, True, False, 0.7, 5)
+    assert hmc._step_size == 0.25 and hmc._num_steps == 5 and hmc.target_accept_prob == 0.7
+    with pytest.raises(ValueError, match="kinetic_fn is not supported"):
+        mcmc.NUTS(model, None, lambda imm, r: 0.0)
+    with pytest.raises(TypeError, match="multiple values for argument 'step_size'"):
+        mcmc.NUTS(model, None, None, 0.5, step_size=0.1)
+    with pytest.raises(TypeError, match="at most 15 positional arguments"):
+        mcmc.NUTS(model, None, *([None] * 14))
