@@ -197,6 +197,13 @@ def density(model: Callable, values: dict, *args, fix_params: bool = False, **kw
     choices of the enclosing expectation. ``fix_params=True`` holds the model's
     ``numpyro.param`` values fixed (stop-gradient).
     """
+    return density_terms(model, values, *args, fix_params=fix_params, **kwargs)[0]
+
+
+def density_terms(model: Callable, values, *args, fix_params: bool = False, **kwargs):
+    """:func:`density` with its parts: ``(total, terms, trace)``, ``terms`` a list of
+    ``(name, lp, frames)``, each ``lp`` per element of its plates ``frames`` (plate-scaled;
+    an eliminated group of enumerated sites is one term), ``trace`` the model's run."""
     guide_trace = None
     if isinstance(values, Simulation):
         guide_trace, values = values.trace, values.values
@@ -230,7 +237,7 @@ def density(model: Callable, values: dict, *args, fix_params: bool = False, **kw
             for n, s in tr.items()
             if s["type"] == "sample"
         ]
-    total = jnp.zeros(())
+    total, parts = jnp.zeros(()), []
     for term in terms:
         lp = term.lp
         if term.site is not None:
@@ -243,7 +250,8 @@ def density(model: Callable, values: dict, *args, fix_params: bool = False, **kw
             check_site(name, site, lp, "ppl.density")
         record_term(lp, term.frames, 1.0, term.name)
         total = total + jnp.sum(lp)
-    return total
+        parts.append((term.name, lp, term.frames))
+    return total, parts, tr
 
 
 def _check_support(name, site, guide_site):
@@ -286,6 +294,16 @@ def particles(fn: Callable, num_particles: int) -> Callable:
     ``fn`` uses as baseline the program's value with this particle's output replaced by
     the mean of the other particles' outputs (VIMCO-style for log weights).
     """
+    return _particles(fn, num_particles)
+
+
+SHARED_KEY = 0x7FFFFFFF  # fold_in(key, SHARED_KEY) is none of split(key, K) for K < 2^31
+
+
+def _particles(fn: Callable, num_particles: int, shared_key: bool = False) -> Callable:
+    """:func:`particles`; ``shared_key=True``: ``fn(shared, *args)`` also gets one key
+    common to the K runs, derived from the particles' key without changing their K keys
+    (the random stream of the runs is :func:`particles`' own)."""
     if not callable(fn):
         raise TypeError(f"ppl.particles needs a callable, got {type(fn).__name__}")
     num_particles = count(num_particles, "num_particles", "ppl.particles")
@@ -300,6 +318,8 @@ def particles(fn: Callable, num_particles: int) -> Callable:
                 "numpyro.handlers.seed"
             )
         keys = random.split(key, num_particles)
+        if shared_key:
+            args = (random.fold_in(key, SHARED_KEY), *args)
         parent = current_run()
 
         def vectorized(keys):

@@ -12,6 +12,7 @@ from numpyro.handlers import substitute, trace
 
 from ..core.arguments import check_key, count, named_plate_errors
 from ..core.data_check import check_observed
+from ..core.elements import independent_plates
 from ..core.expectation import Expectation, refuse_unverified_additive
 from ..core.model_enum import declared_plate_nesting
 
@@ -27,11 +28,14 @@ class Objective:
     Rao-Blackwellization and plate fast path). ``max_plate_nesting`` is
     ``TraceEnum_ELBO``'s: model-side enumerated dims go left of that many plate dims
     (``None``: as many as the model's plates use). ``subsampling=False`` marks an
-    objective that is nonlinear in the log weight (IWAE, Rényi, VIMCO, RWS, ...): a
+    objective that is nonlinear in the log weight of the whole program (MSC, DIWHVI): a
     subsampled plate (``subsample_size`` < size) scales the minibatch's log density up to
     an unbiased estimate of the full one, but the log-mean-exp of such estimates is a
     biased estimate of the bound (not a bound on log p(x)); such an objective refuses a
-    subsampled plate by name instead of returning that number.
+    subsampled plate by name instead of returning that number. ``"independent"``: an
+    objective taken per element of the plates enclosing every sample site (IWAE, Rényi,
+    VIMCO, RWS, ...: :func:`ppl.objectives.element_log_weights`), which may be subsampled;
+    any other subsampled plate is refused by name.
     """
 
     can_infer_discrete = True
@@ -45,7 +49,7 @@ class Objective:
         stick_the_landing: bool = False,
         num_estimates: int = 1,
         max_plate_nesting: int | None = None,
-        subsampling: bool = True,
+        subsampling: bool | str = True,
     ):
         if not callable(program):
             raise TypeError(f"ppl.Objective needs a callable program, got {type(program).__name__}")
@@ -57,6 +61,11 @@ class Objective:
         self.rao_blackwellize = rao_blackwellize
         self.stick_the_landing = stick_the_landing
         self.max_plate_nesting = _plate_nesting(max_plate_nesting, self.name)
+        if subsampling not in (True, False, "independent"):
+            raise ValueError(
+                f"ppl.Objective: subsampling must be True, False or 'independent', "
+                f"got {subsampling!r}"
+            )
         self.subsampling = subsampling
         self._checked = None  # (model, guide, *data leaves) whose observations were checked
         functools.update_wrapper(self, program, updated=[])
@@ -125,8 +134,9 @@ class Objective:
             except Exception:  # the objective's own run reports what is wrong
                 return 0
             check_observed(model_tr, repr(self), supports="concrete")
-            if not self.subsampling:
-                _refuse_subsampled_plates(self.name, guide_tr, model_tr)
+            if self.subsampling is not True:
+                joint = self.subsampling is False
+                independent_plates(guide_tr, model_tr, who=self.name, joint=joint)
             return 0
 
         jax.eval_shape(run, rng_key, params)
@@ -158,24 +168,6 @@ def _plain_traces(rng_key, params, model, guide, args, kwargs):
         *args, **kwargs
     )
     return guide_tr, model_tr
-
-
-def _refuse_subsampled_plates(who: str, *traces) -> None:
-    """A ``ValueError`` naming the first subsampled plate of guide or model."""
-    for tr in traces:
-        for name, site in tr.items():
-            if site["type"] != "plate":
-                continue
-            size, subsample_size = site["args"][0], site["args"][1]
-            if subsample_size is not None and subsample_size < size:
-                raise ValueError(
-                    f"{who}: plate '{name}' is subsampled ({subsample_size} of {size}). This "
-                    "objective is nonlinear in the log weight, so the minibatch's scaled-up "
-                    "log weight gives a biased estimate of it (not a bound on log p(x)); use "
-                    "the full plate (no subsample_size) or an ELBO, ppl.objectives.elbo() "
-                    "(NumPyro's RenyiELBO also refuses a subsampled plate unless it encloses "
-                    "every site, where it takes per-element bounds: ppl's bound is joint)"
-                )
 
 
 def _mutable_sites(rng_key, params, model, guide, args, kwargs):

@@ -11,7 +11,7 @@ from .importance import cubo, iwae, renyi, vimco
 from .ppo import ppo
 from .score_climbing import msc, msc_chain
 from .wake_sleep import rws, tail_adaptive
-from .weights import log_mean_exp, log_weight, log_weights
+from .weights import element_log_weights, log_mean_exp, log_weight, log_weights
 
 __all__ = [
     "elbo",
@@ -37,5 +37,6 @@ __all__ = [
     "dpo",
     "log_weight",
     "log_weights",
+    "element_log_weights",
     "log_mean_exp",
 ]

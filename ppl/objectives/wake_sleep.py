@@ -11,9 +11,10 @@ from jax import lax
 from numpyro.handlers import block, seed
 
 from ..core.arguments import count
-from ..core.constructs import density, particles, simulate
+from ..core.constructs import density, density_terms, particles, simulate
+from ..core.elements import independent_plates, per_element, trace_terms
 from ..infer.svi import Objective, numpyro_loss_options
-from .weights import log_mean_exp, require_reparameterized
+from .weights import element_particles, log_mean_exp, require_reparameterized
 
 
 def _hidden_guide_run(guide, args, kwargs):
@@ -62,22 +63,29 @@ def rws(
         if rejuvenate is not None:
             return _rejuvenated_rws(model, guide, num_particles, rejuvenate, steps, args, kwargs)
 
-        def one():
+        def one(model, guide):
             q = _hidden_guide_run(guide, args, kwargs)
             values = jax.tree.map(lax.stop_gradient, q.values)
-            return density(model, values, *args, **kwargs), density(guide, values, *args, **kwargs)
+            _, log_p, model_trace = density_terms(model, values, *args, **kwargs)
+            _, log_q, guide_trace = density_terms(guide, values, *args, **kwargs)
+            plates = independent_plates(q.trace, model_trace, guide_trace, who="rws")
+            log_p = per_element(log_p, plates, "rws")
+            return (log_p, per_element(log_q, plates, "rws")), plates
 
-        log_p, log_q = particles(one, num_particles)()
+        (log_p, log_q), plates = element_particles(one, num_particles)(model, guide)
         log_w = lax.stop_gradient(log_p - log_q)
-        w = jax.nn.softmax(log_w)
+        w = jax.nn.softmax(log_w, axis=0)
         wake = jnp.sum(
-            w * ((log_p - lax.stop_gradient(log_p)) + (log_q - lax.stop_gradient(log_q)))
+            w * ((log_p - lax.stop_gradient(log_p)) + (log_q - lax.stop_gradient(log_q))),
+            axis=0,
         )
-        return log_mean_exp(log_w) + wake
+        return plates.total(log_mean_exp(log_w) + wake)
 
     name = f"rws(num_particles={num_particles}, dreg={dreg}"
     name += ")" if rejuvenate is None else f", rejuvenate, steps={steps})"
-    return Objective(program, name=name, subsampling=False)
+    return Objective(
+        program, name=name, subsampling=False if rejuvenate is not None else "independent"
+    )
 
 
 def _rejuvenated_rws(model, guide, num_particles, make_kernel, steps, args, kwargs):
@@ -115,20 +123,26 @@ def _dreg_rws(model, guide, num_particles, args, kwargs):
     carries d log p / dz dz/dphi and cancels the model parameters' gradient.
     """
 
-    def one():
-        q = simulate(guide, *args, **kwargs)
-        require_reparameterized(q, "rws(dreg=True)")
-        fixed = jax.tree.map(lax.stop_gradient, q.values)
-        log_p_path = density(model, q, *args, **kwargs)
-        return log_p_path, density(model, fixed, *args, **kwargs), q.log_prob_stl
+    who = "rws(dreg=True)"
 
-    log_p_path, log_p, log_q_stl = particles(one, num_particles)()
+    def one(model, guide):
+        q = simulate(guide, *args, **kwargs)
+        require_reparameterized(q, who)
+        fixed = jax.tree.map(lax.stop_gradient, q.values)
+        _, log_p_path, trace = density_terms(model, q, *args, **kwargs)
+        _, log_p, _ = density_terms(model, fixed, *args, **kwargs)
+        plates = independent_plates(q.trace, trace, who=who)
+        log_q_stl = per_element(trace_terms(q.trace, stl=True), plates, who)
+        parts = per_element(log_p_path, plates, who), per_element(log_p, plates, who), log_q_stl
+        return parts, plates
+
+    (log_p_path, log_p, log_q_stl), plates = element_particles(one, num_particles)(model, guide)
     log_w = lax.stop_gradient(log_p - log_q_stl)
-    w = jax.nn.softmax(log_w)
-    wake_theta = jnp.sum(w * (log_p - lax.stop_gradient(log_p)))
+    w = jax.nn.softmax(log_w, axis=0)
+    wake_theta = jnp.sum(w * (log_p - lax.stop_gradient(log_p)), axis=0)
     path = log_p_path - log_p - log_q_stl
-    wake_phi = jnp.sum(lax.stop_gradient(w - w**2) * (path - lax.stop_gradient(path)))
-    return log_mean_exp(log_w) + wake_theta + wake_phi
+    wake_phi = jnp.sum(lax.stop_gradient(w - w**2) * (path - lax.stop_gradient(path)), axis=0)
+    return plates.total(log_mean_exp(log_w) + wake_theta + wake_phi)
 
 
 @numpyro_loss_options
@@ -143,20 +157,25 @@ def tail_adaptive(num_particles: int = 5, beta: float = -1.0) -> Objective:
     num_particles = count(num_particles, "num_particles", "tail_adaptive", minimum=2)
 
     def program(model, guide, *args, **kwargs):
-        def one():
-            q = simulate(guide, *args, **kwargs)
-            require_reparameterized(q, "tail_adaptive")
-            return density(model, q, *args, **kwargs) - q.log_prob_stl
+        who = "tail_adaptive"
 
-        log_w = particles(one, num_particles)()
+        def one(model, guide):
+            q = simulate(guide, *args, **kwargs)
+            require_reparameterized(q, who)
+            _, log_p, trace = density_terms(model, q, *args, **kwargs)
+            plates = independent_plates(q.trace, trace, who=who)
+            log_q_stl = per_element(trace_terms(q.trace, stl=True), plates, who)
+            return per_element(log_p, plates, who) - log_q_stl, plates
+
+        log_w, plates = element_particles(one, num_particles)(model, guide)
         fixed = lax.stop_gradient(log_w)
-        tail = jnp.mean(fixed[None, :] >= fixed[:, None], axis=1)  # F(w_k)
+        tail = jnp.mean(fixed[None] >= fixed[:, None], axis=1)  # F(w_k), per element
         gamma = tail**beta
-        gamma = gamma / jnp.sum(gamma)
-        return log_mean_exp(fixed) + jnp.sum(gamma * (log_w - fixed))
+        gamma = gamma / jnp.sum(gamma, axis=0)
+        return plates.total(log_mean_exp(fixed) + jnp.sum(gamma * (log_w - fixed), axis=0))
 
     return Objective(
         program,
         name=f"tail_adaptive(num_particles={num_particles}, beta={beta})",
-        subsampling=False,
+        subsampling="independent",
     )

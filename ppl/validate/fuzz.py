@@ -12,7 +12,8 @@ strategy per site among those valid for its distribution, and one of three objec
   of every feature is a closed form given the discrete values;
 - ``"elbo"``: ``ppl.objectives.elbo()`` of a model / guide pair over discrete latents
   with Normal observations and factors (random ``rao_blackwellize``);
-- ``"iwae"``: ``ppl.objectives.iwae(K)`` with K = 2-3, exact by enumerating K-tuples.
+- ``"iwae"``: ``ppl.objectives.iwae(K)`` with K = 2-3, exact by enumerating K-tuples
+  (per element of the plate where it encloses every site, as ``iwae`` takes it).
 
 :meth:`ProgramSpec.to_source` renders the program as NumPyro source; the estimator under
 test is that very source (``exec``-ed with the numbers read from arrays, so programs that
@@ -354,20 +355,20 @@ def _site_params(site, sites, values, theta, c, m, n):
     return out
 
 
-def _discrete_log_prob(site, params, y):
+def _discrete_log_prob(site, params, y, per_element=False):
     if site.dist == "bernoulli":
         lp = y * params - jax.nn.softplus(params)  # correct gradient at logits = 0
     else:
         logp = params - jax.scipy.special.logsumexp(params, -1, keepdims=True)
         lp = jnp.take_along_axis(logp, y.astype(jnp.int32)[..., None], -1)[..., 0]
-    return jnp.sum(lp, -1) if site.plate else lp
+    return jnp.sum(lp, -1) if site.plate and not per_element else lp
 
 
-def _log_prob_sites(sites, values, theta, c, m, n):
-    total = jnp.zeros(m)
+def _log_prob_sites(sites, values, theta, c, m, n, per_element=False):
+    total = jnp.zeros((m, n) if per_element else m)
     for i, s in enumerate(sites):
         total = total + _discrete_log_prob(
-            s, _site_params(s, sites, values, theta, c, m, n), values[i]
+            s, _site_params(s, sites, values, theta, c, m, n), values[i], per_element
         )
     return total
 
@@ -419,9 +420,15 @@ def exact_value(spec: ProgramSpec, theta, c):
                 log_p = log_p + _discrete_log_prob(s, params, values[i])
         g = _terms(spec, spec.terms, values, normal_params, theta, c, m)
         return jnp.sum(jnp.exp(log_p) * g)
-    log_q = _log_prob_sites(sites, values, theta, c, m, n)
+    # IWAE with every site in the plate: the bound per element, summed (NumPyro's RenyiELBO)
+    per_element = (
+        spec.objective == "iwae"
+        and not spec.terms
+        and all(s.plate for s in (*sites, *spec.model_sites, *spec.observations))
+    )
+    log_q = _log_prob_sites(sites, values, theta, c, m, n, per_element)
     msites = list(spec.model_sites)
-    log_p = _log_prob_sites(msites, values, theta, c, m, n)
+    log_p = _log_prob_sites(msites, values, theta, c, m, n, per_element)
     for o in spec.observations:
         loc = theta[o.theta] * jnp.ones((m, n) if o.plate else (m,))
         for (p, link), ci in zip(o.parents, o.coefs, strict=True):
@@ -429,17 +436,19 @@ def exact_value(spec: ProgramSpec, theta, c):
         data = jnp.stack([c[d] for d in o.data]) if o.plate else c[o.data[0]]
         scale = c[o.scale]
         lp = -0.5 * ((data - loc) / scale) ** 2 - jnp.log(scale) - 0.5 * LOG_2PI
-        log_p = log_p + (jnp.sum(lp, -1) if o.plate else lp)
+        log_p = log_p + (jnp.sum(lp, -1) if o.plate and not per_element else lp)
     log_p = log_p + _terms(spec, spec.terms, values, {}, theta, c, m)
     log_w = log_p - log_q
+    if per_element:  # the joint probability of the K-tuples below, per element summed
+        log_q = jnp.sum(log_q, -1)
     q = jnp.exp(log_q)
     if spec.objective == "elbo":
         return jnp.sum(q * log_w)
     k = spec.num_particles  # IWAE: all K-tuples of joint values
     idx = np.array(list(itertools.product(range(m), repeat=k)))
     weights = jnp.prod(q[idx], -1)
-    lme = jax.scipy.special.logsumexp(log_w[idx], -1) - math.log(k)
-    return jnp.sum(weights * lme)
+    lme = jax.scipy.special.logsumexp(log_w[idx], 1) - math.log(k)
+    return jnp.sum(weights * jnp.sum(lme.reshape(lme.shape[0], -1), -1))
 
 
 def exact_value_and_grad(spec: ProgramSpec):

@@ -160,8 +160,11 @@ def test_importance_weighted_objectives_refuse_a_subsampled_plate(name):
     """A minibatch's scaled-up log weight is unbiased for the full one, but its log-mean-exp
     is not the bound: on this model (true -log p(y) = 9.661) the subsampled iwae(8) loss
     averaged 7.97 over 20000 keys, below -log p(y), against 9.68 on the full data. NumPyro's
-    RenyiELBO refuses the program; so does every ppl objective nonlinear in the log weight,
-    naming the plate. The ELBO, linear in it, keeps subsampling (its test above)."""
+    RenyiELBO refuses the program (plate "n" does not enclose "mu"); so does every ppl
+    objective nonlinear in the log weight, naming the plate. Those taken per element of the
+    plates enclosing every site ("independent") allow subsampling there
+    (tests/objectives/test_renyi_plates.py); the ELBO, linear in the log weight, keeps
+    subsampling (its test above)."""
     factories = {
         "iwae": lambda: ppl.objectives.iwae(4),
         "renyi": lambda: ppl.objectives.renyi(0.5, 4),
@@ -173,14 +176,16 @@ def test_importance_weighted_objectives_refuse_a_subsampled_plate(name):
         "msc": lambda: ppl.objectives.msc(4),
     }
     loss = factories[name]()
-    assert loss.subsampling is False
+    assert loss.subsampling is (False if name in ("diwhvi", "msc") else "independent")
     if name in ("diwhvi", "msc"):  # their guides take other forms: the flag is the contract
         return
     y = jnp.array([0.3, 1.2, -0.4, 2.0, 0.7, -1.1])
     params = {"m": jnp.array(0.2)}
     with pytest.raises(ValueError, match="plate 'n' is subsampled \\(2 of 6\\)"):
         loss.loss(KEY, params, _global_mean_subsampled, _global_mean_guide, y)
-    assert ppl.objectives.elbo().subsampling
+    assert ppl.objectives.elbo().subsampling is True
+    assert ppl.objectives.cubo(2.0, 4, exponentiated=True).subsampling is False
+    assert ppl.objectives.rws(4, rejuvenate=lambda ld: None).subsampling is False
 
 
 def test_mutable_state_returned():
