@@ -17,9 +17,9 @@ for model 1, a forward algorithm written here. One constant differs: where ``mas
 padded step, NumPyro's log density sums that step's states with weight 1 each (log H per
 padded step and sequence), ppl with weight 1/H, so padding adds nothing and the ELBO is
 the likelihood of the sequences as they are (as ``TraceEnum_ELBO`` on the ``markov`` form:
-``test_masked_enumeration.py``); the gradients are the same. ``TraceEnum_ELBO`` is not the reference:
-on these ``scan`` models it returns another number (model 1: 366.9 against 99.6 from
-both references; ``test_elbo_family.py::test_trace_enum_scan_differs``).
+``test_masked_enumeration.py``); the gradients are the same. ``TraceEnum_ELBO`` is not the
+reference: on these ``scan`` models it returns another number (model 1: 366.9 against 99.6
+from both references; ``test_elbo_family.py::test_trace_enum_scan_differs``).
 """
 
 from __future__ import annotations
