@@ -72,6 +72,7 @@ def test_every_public_subpackage_has_an_api_page():
     assert subpackages | {"ppl"} <= documented, subpackages - documented
 
 
+@pytest.mark.slow  # the mkdocs build (~15 s): CI's slow step builds and checks the site
 def test_api_reference_lists_every_public_name(site):
     names = _inventory_names(site / "objects.inv")
     paths = [p for module in _api_modules() for p in _api_hook().public_paths(module)]
@@ -80,6 +81,7 @@ def test_api_reference_lists_every_public_name(site):
     assert not missing, missing
 
 
+@pytest.mark.slow
 def test_pages_include_the_readme_sections_and_tutorials(site):
     def text(page):
         return re.sub(r"<[^>]+>", "", (site / page / "index.html").read_text())

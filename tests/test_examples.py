@@ -142,7 +142,7 @@ def readme_units():
 
 # units whose examples compile the most run in the slow step (CI runs it): the fast suite's
 # 6-minute budget has no room for them (test_examples_docs.py lists the docs pages')
-SLOW_README_UNITS = {"README.md#distribution-transformers"}
+SLOW_README_UNITS = {"README.md#distribution-transformers", "README.md#mcmc-kernels-ppl-mcmc"}
 
 
 def _param(unit):

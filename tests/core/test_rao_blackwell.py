@@ -212,7 +212,7 @@ def test_elbo_particles_are_independent_rao_blackwellized_estimates():
     check_unbiased(grad_estimator(ppl.objectives.elbo(4, loo=True), g), exact, KEY, 3000)
 
 
-@pytest.mark.parametrize("n2", [3, 4])
+@pytest.mark.parametrize("n2", [3, pytest.param(4, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("strategy", ["reinforce", "mvd"])
 def test_different_plates_at_the_same_dim(n2, strategy):
     """Plates "a" and "b" both sit at dim -1 and z2's terms depend on z1: a term in plate
