@@ -206,6 +206,7 @@ def switch_and_columns(y):
         numpyro.sample("y", dist.Normal(2.0 * z - 1.0 + w, 1.0), obs=y)
 
 
+@pytest.mark.slow
 def test_unplated_rows_inside_a_plate_with_global_and_local_enumeration():
     """Data (3, 4): a plate over the 4 columns, the 3 rows outside any plate; z global and
     w per column, both summed out: equals brute force and ``TraceEnum_ELBO``."""

@@ -64,7 +64,10 @@ def params():
     return {n: s["value"] for n, s in tr.items() if s["type"] == "param"}
 
 
-@pytest.mark.parametrize("nesting", [pytest.param(None, marks=pytest.mark.slow), 2, 3])
+@pytest.mark.parametrize(
+    "nesting",
+    [pytest.param(None, marks=pytest.mark.slow), 2, pytest.param(3, marks=pytest.mark.slow)],
+)
 def test_value_and_gradient_equal_trace_enum(params, nesting):
     theirs = TraceEnum_ELBO(max_plate_nesting=3 if nesting is None else nesting)
     ours = ppl.objectives.elbo(max_plate_nesting=nesting)
@@ -76,7 +79,9 @@ def test_value_and_gradient_equal_trace_enum(params, nesting):
         np.testing.assert_allclose(got_grad[k], want_grad[k], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("nesting", [2, 3, 5])
+@pytest.mark.parametrize(
+    "nesting", [2, pytest.param(3, marks=pytest.mark.slow), pytest.param(5, marks=pytest.mark.slow)]
+)
 def test_the_declared_nesting_reaches_the_enumeration(params, nesting, monkeypatch):
     seen = []
     real = model_enum.collapsed_terms

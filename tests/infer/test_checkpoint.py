@@ -96,6 +96,7 @@ ppl.resumable_run(make_svi(), jax.random.PRNGKey(0), 10**7, DATA, checkpoint={pa
 """
 
 
+@pytest.mark.slow  # a subprocess killed mid-save (~7 s): CI's slow step
 def test_killed_during_a_save_resumes_bit_for_bit(tmp_path):
     """SIGKILL a training process in the middle of its third checkpoint write (the
     temporary file full, not yet renamed): the second checkpoint is intact, and resuming
