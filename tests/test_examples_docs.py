@@ -8,7 +8,7 @@ import pytest
 
 from tests.test_examples import check_unit, readme_units, units
 
-SLOW_UNITS = {"docs/dt.md", "docs/mcmc.md", "docs/numpyro.md", "docs/sharding.md"}
+SLOW_UNITS = {"docs/brain.md", "docs/dt.md", "docs/mcmc.md", "docs/numpyro.md", "docs/sharding.md"}
 
 
 def _param(unit):

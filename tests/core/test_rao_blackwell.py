@@ -213,7 +213,7 @@ def test_elbo_particles_are_independent_rao_blackwellized_estimates():
 
 
 @pytest.mark.parametrize("n2", [3, pytest.param(4, marks=pytest.mark.slow)])
-@pytest.mark.parametrize("strategy", ["reinforce", "mvd"])
+@pytest.mark.parametrize("strategy", ["reinforce", pytest.param("mvd", marks=pytest.mark.slow)])
 def test_different_plates_at_the_same_dim(n2, strategy):
     """Plates "a" and "b" both sit at dim -1 and z2's terms depend on z1: a term in plate
     "b" must not be read element by element as if it were in plate "a" (same size: a
@@ -302,6 +302,7 @@ def test_two_layer_belief_net_variance_matches_tracegraph():
     assert var["plain"] > 1.5 * var["rb"], var
 
 
+@pytest.mark.slow  # (the fast suite's 6-minute budget)
 def test_nested_plates_share_only_the_data_plate():
     """Sites in (data, h1) and (data, h2), observations in (data, pixels); the unit plates
     share dim -1. A z1 score multiplies the z2 and x terms of its own datum only: unbiased

@@ -54,6 +54,7 @@ def test_moments_match_formulas():
     np.testing.assert_allclose(g.covariance(), second - np.outer(m, m), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # (the fast suite's 6-minute budget)
 def test_log_bijection_density_is_the_change_of_variables_and_integrates_to_one():
     g = GMM.from_logits(
         jnp.array([0.0, 0.7]), jnp.array([[-0.5], [1.0]]), jnp.array([[[0.4]], [[0.8]]])

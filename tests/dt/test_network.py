@@ -21,6 +21,7 @@ def test_untrained_network_returns_its_prior(small_net, prior2d):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # (the fast suite's 6-minute budget)
 def test_trained_stand_in_uses_the_data(small_net, prior2d):
     _, net = small_net
     p1, p2 = net(prior2d, _data(seed=3)), net(prior2d, _data(seed=4))
@@ -39,6 +40,7 @@ def test_permuting_components_permutes_the_output(small_net, prior2d):
         np.testing.assert_allclose(x[perm], y, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # (the fast suite's 6-minute budget)
 def test_permuting_observations_and_padding_leaves_the_output_unchanged(small_net, prior2d):
     _, net = small_net
     data = _data(9)
@@ -51,6 +53,7 @@ def test_permuting_observations_and_padding_leaves_the_output_unchanged(small_ne
         np.testing.assert_allclose(x, z, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # (the fast suite's 6-minute budget)
 def test_vmap_over_problems_equals_a_loop(small_net, prior2d):
     _, net = small_net
     priors = jax.tree.map(lambda x: jnp.stack([x, x * 1.0]), prior2d)

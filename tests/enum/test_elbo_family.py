@@ -120,7 +120,6 @@ FAST = {  # mixture and the scan HMM run in the slow step (fast siblings: the RE
     # mixture example, tests/enum/test_numpyro_idioms.py's scan HMM, test_jaxpr_size.py)
     "nested_dependent",
     "two_plates",
-    "scaled",
 }
 CASES = [c if c.name in FAST else pytest.param(c, marks=pytest.mark.slow) for c in ZOO]
 

@@ -109,6 +109,7 @@ SCALAR_CASES = kernel_cases(max_sites=3, max_leaves=3).filter(
 )
 
 
+@pytest.mark.slow  # (the fast suite's budget)
 @settings(max_examples=3, derandomize=True, **SETTINGS)
 @given(SCALAR_CASES, st.data())
 def test_a_mutant_after_any_composition_is_caught(case, data):

@@ -56,7 +56,7 @@ KERNELS = [
         lambda: mcmc.RandomWalk(conjugate, step_size=0.5),
         marks=pytest.mark.slow,  # random walk: also in the pure stationarity tests
     ),
-    ("mala", lambda: mcmc.MALA(conjugate, step_size=0.1)),
+    pytest.param("mala", lambda: mcmc.MALA(conjugate, step_size=0.1), marks=pytest.mark.slow),
     ("hmc", lambda: mcmc.HMC(conjugate, step_size=0.1, num_steps=5)),
     ("nuts", lambda: mcmc.NUTS(conjugate, step_size=0.1)),
 ]

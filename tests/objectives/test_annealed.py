@@ -65,6 +65,7 @@ def test_bound_between_elbo_and_log_evidence():
     assert means[4][0] < LOG_Z + 4 * means[4][1]
 
 
+@pytest.mark.slow  # (the fast suite's 6-minute budget)
 def test_training_reaches_the_evidence_with_learned_steps():
     def annealed_guide(x):
         ppl.objectives.annealing_params(4, step_size=0.05)
