@@ -81,6 +81,7 @@ def test_nan_only_in_the_gradient_points_at_the_user_line():
         checked_grad(model, guide, 1.0)(params)
 
 
+@pytest.mark.slow  # (the fast suite's 6-minute budget)
 def test_clean_programs_unchanged_with_discrete_strategies_and_plates():
     x = jnp.array([0.3, -1.0, 2.0])
 
