@@ -54,11 +54,9 @@ def _categorical_log_prob(fn, value):
     without first broadcasting the logits to the value's batch shape: an enumerated
     transition's value has the states on a dim of their own, and NumPyro's copy of the
     logits along it costs O(S) per entry (O(T S^3) for a chain of T steps)."""
-    log_pmf = _categorical_log_pmf(fn)
-    batch_shape = jax.lax.broadcast_shapes(jnp.shape(value), tuple(fn.batch_shape))
+    log_pmf, batch_shape = _aligned_log_pmf(fn, value)
     ndim = len(batch_shape)
     index = jnp.reshape(value, (1,) * (ndim - jnp.ndim(value)) + jnp.shape(value))
-    log_pmf = jnp.reshape(log_pmf, (1,) * (ndim + 1 - jnp.ndim(log_pmf)) + jnp.shape(log_pmf))
     lp = jnp.take_along_axis(log_pmf, index[..., None], axis=-1)[..., 0]
     lp = jnp.broadcast_to(lp, batch_shape)
     if fn._validate_args:  # as NumPyro's ``validate_sample``
@@ -66,10 +64,16 @@ def _categorical_log_prob(fn, value):
     return lp
 
 
-def _categorical_log_pmf(fn):
+def _aligned_log_pmf(fn, value):
+    """A Categorical's normalized log pmf, with size-1 batch dims prepended up to the
+    batch shape it shares with ``value`` (returned too), not broadcast to it."""
     if isinstance(fn, dist.CategoricalProbs):
-        return fn.logits  # NumPyro's log of the probabilities
-    return fn.logits - jax.nn.logsumexp(fn.logits, axis=-1, keepdims=True)
+        log_pmf = fn.logits  # NumPyro's log of the probabilities
+    else:
+        log_pmf = fn.logits - jax.nn.logsumexp(fn.logits, axis=-1, keepdims=True)
+    batch_shape = jax.lax.broadcast_shapes(jnp.shape(value), tuple(fn.batch_shape))
+    pad = (1,) * (len(batch_shape) + 1 - jnp.ndim(log_pmf))
+    return jnp.reshape(log_pmf, pad + jnp.shape(log_pmf)), batch_shape
 
 
 def support_log_prob(fn: dist.Distribution, value, dim: int, masked=0.0):
@@ -90,10 +94,8 @@ def support_log_prob(fn: dist.Distribution, value, dim: int, masked=0.0):
         return jnp.where(fn._mask, lp, jnp.asarray(masked, jnp.result_type(lp)))
     if not isinstance(fn, (dist.CategoricalProbs, dist.CategoricalLogits)):
         return log_prob(fn, value)
-    batch_shape = jax.lax.broadcast_shapes(jnp.shape(value), tuple(fn.batch_shape))
+    log_pmf, batch_shape = _aligned_log_pmf(fn, value)
     ndim = len(batch_shape)
-    log_pmf = _categorical_log_pmf(fn)
-    log_pmf = jnp.reshape(log_pmf, (1,) * (ndim + 1 - jnp.ndim(log_pmf)) + jnp.shape(log_pmf))
     states = log_pmf.shape[-1]
     if not (-ndim <= dim < 0) or log_pmf.shape[dim - 1] != 1 or batch_shape[dim] != states:
         return log_prob(fn, value)  # parameters that vary along the site's own dim

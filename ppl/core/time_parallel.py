@@ -256,13 +256,11 @@ def _time_parallel_scan(state, body, init, xs, length=None, reverse=False, **kwa
         return sequential("an output varies with the step")
     outs = [o if b else jnp.expand_dims(o, 0) for o, b in zip(outs, batched, strict=True)]
     trace, ys = jax.tree.unflatten(out_tree[0], outs)
-    final_carry = jax.tree.unflatten(
-        carry_tree, [constant[j] if j in constant else None for j in range(nc)]
-    )
     if varying_carry or needs_key:
         _record("parallel, carry scanned")
         return final, (trace, ys)
-    _record("parallel")
+    _record("parallel")  # every carry leaf is constant: the final carry is those constants
+    final_carry = jax.tree.unflatten(carry_tree, [constant[j] for j in range(nc)])
     return (step0 + n, key0, final_carry), (trace, ys)
 
 
