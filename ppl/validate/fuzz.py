@@ -437,7 +437,8 @@ def exact_value(spec: ProgramSpec, theta, c):
         scale = c[o.scale]
         lp = -0.5 * ((data - loc) / scale) ** 2 - jnp.log(scale) - 0.5 * LOG_2PI
         log_p = log_p + (jnp.sum(lp, -1) if o.plate and not per_element else lp)
-    log_p = log_p + _terms(spec, spec.terms, values, {}, theta, c, m)
+    if spec.terms:  # factors (never per element: see per_element above)
+        log_p = log_p + _terms(spec, spec.terms, values, {}, theta, c, m)
     log_w = log_p - log_q
     if per_element:  # the joint probability of the K-tuples below, per element summed
         log_q = jnp.sum(log_q, -1)
