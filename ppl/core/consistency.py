@@ -10,11 +10,18 @@ with NumPyro's semantics and ppl's messages:
   and sampled);
 * the guide's value must have exactly the model's shape (no silent broadcasting), and a
   plate the two share by name must have the same size.
+
+A model run that fails on the guide's values (a guide value of the wrong shape breaks a
+later site's broadcasting) is checked up to the failure, so that the message names the
+guide's site rather than the later one (:func:`name_the_mismatch`).
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import jax.numpy as jnp
+from numpyro.handlers import trace
 
 from .distributions import site_shape
 
@@ -39,10 +46,17 @@ def _guide_samples(guide_trace, values):
         yield name, site
 
 
-def check_model_guide(model_trace, guide_trace, values, marked_enumerated) -> None:
-    """Raise :class:`ModelGuideMismatch` naming the first inconsistent site."""
+def check_model_guide(
+    model_trace, guide_trace, values, marked_enumerated, partial: bool = False
+) -> None:
+    """Raise :class:`ModelGuideMismatch` naming the first inconsistent site.
+
+    ``partial=True``: ``model_trace`` is the part of a model run before it failed; guide
+    sites it has not reached are skipped."""
     for name, g in _guide_samples(guide_trace, values):
         m = model_trace.get(name)
+        if partial and m is None:
+            continue
         if m is None or m.get("type") != "sample":
             raise ModelGuideMismatch(
                 f"site '{name}' is sampled by the guide but the model has no sample site "
@@ -76,3 +90,23 @@ def check_model_guide(model_trace, guide_trace, values, marked_enumerated) -> No
                     f"site '{name}': plate '{f.name}' has size {f.size} in the guide but "
                     f"{size} in the model"
                 )
+
+
+@contextmanager
+def name_the_mismatch(model_tracer: trace, guide_trace, values, marked_enumerated=()):
+    """Run a model under ``model_tracer`` (a NumPyro ``trace`` handler); if the run raises,
+    check the sites it reached against the guide's first and raise the
+    :class:`ModelGuideMismatch` naming the guide's site, if any, from the original error."""
+    try:
+        yield
+    except ModelGuideMismatch:
+        raise
+    except Exception as err:
+        reached = getattr(model_tracer, "trace", None)
+        if guide_trace is None or not reached:
+            raise
+        try:
+            check_model_guide(reached, guide_trace, values, marked_enumerated, partial=True)
+        except ModelGuideMismatch as named:
+            raise named from err
+        raise

@@ -15,7 +15,7 @@ from numpyro.primitives import _PYRO_STACK, Messenger
 
 from ..sharding import _particle_placement
 from .arguments import count
-from .consistency import check_model_guide
+from .consistency import check_model_guide, name_the_mismatch
 from .data_check import check_observed
 from .distributions import base_distribution, log_prob, site_log_density, site_shape
 from .finite import check_site
@@ -220,15 +220,17 @@ def density_terms(model: Callable, values, *args, fix_params: bool = False, **kw
     if not _has_key():  # scan's body draws its sites' placeholders with a key: any key
         fn = seed(fn, rng_seed=0)  # (no value is random: sites without one are refused)
     filled = _fill_enumerated(fn, values, "ppl.density")
+    tracer = trace(filled)
     with block(hide_fn=lambda msg: msg["type"] == "sample"):
-        tr = trace(filled).get_trace(*args, **kwargs)
+        with name_the_mismatch(tracer, guide_trace, values):
+            tr = tracer.get_trace(*args, **kwargs)
+    if guide_trace is not None:  # first: a guide value of the wrong shape breaks the rest
+        marked = {n for n, s in tr.items() if s["type"] == "sample" and is_marked(s)}
+        check_model_guide(tr, guide_trace, values, marked)
     check_observed(tr, "ppl.density")
     for name, site in tr.items():
         if site["type"] == "sample":
             refuse_strategy_on_observed(name, site, "ppl.density")
-    if guide_trace is not None:
-        marked = {n for n, s in tr.items() if s["type"] == "sample" and is_marked(s)}
-        check_model_guide(tr, guide_trace, values, marked)
     if filled.enumerated:
         terms = collapsed_terms(fn, args, kwargs, enum_plate_nesting(tr, "ppl.density"))
     else:
@@ -280,9 +282,16 @@ def _check_shape(name, site):
     except ValueError:
         fits = False
     if not fits:
+        hint = "check the plates of model and guide"
+        if site["is_observed"] and site.get("cond_indep_stack"):
+            hint += (
+                "; a subsampled plate (in the model, or in the guide, whose minibatch the "
+                "model's plate takes) needs its data subsampled too: "
+                "numpyro.subsample(data, event_dim=...) or data[idx]"
+            )
         raise ValueError(
             f"site '{name}': value of shape {value_shape} does not fit the model's "
-            f"distribution of shape {fn_shape} (check the plates of model and guide)"
+            f"distribution of shape {fn_shape} ({hint})"
         )
 
 

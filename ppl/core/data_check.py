@@ -64,7 +64,12 @@ def _check_site(name, site, where, supports):
         batch_ndim = value.ndim - len(event)
         if batch_ndim < 0 or value.shape[batch_ndim:] != event:
             return  # a value that does not fit the site: reported by the shape checks
-        batch = np.broadcast_shapes(value.shape[:batch_ndim], tuple(fn.batch_shape), np.shape(mask))
+        try:
+            batch = np.broadcast_shapes(
+                value.shape[:batch_ndim], tuple(fn.batch_shape), np.shape(mask)
+            )
+        except ValueError:
+            return  # likewise (a guide value of another plate size, or data of another size)
         value = np.broadcast_to(value, batch + event)
         batch_ndim = len(batch)
         mask = np.broadcast_to(mask, batch)

@@ -148,6 +148,26 @@ def enum_plate_nesting(trace, who: str) -> int:
     return declared
 
 
+def check_declared_nesting(declared: int | None, traces, who: str) -> None:
+    """Refuse by name a plate of model or guide (plain traces) that uses a batch dim beyond
+    the declared ``max_plate_nesting``, with or without enumerated sites, as
+    ``TraceEnum_ELBO`` does ("Ran out of free dims"): the declaration contradicts the
+    program, and ignoring it silently would hide that."""
+    if declared is None:
+        return
+    for tr in traces:
+        for site in tr.values():
+            frames = site.get("cond_indep_stack") or [] if site["type"] == "sample" else []
+            for f in frames:
+                if f.dim is not None and -f.dim > declared:
+                    raise EnumerationError(
+                        f"{who}: plate '{f.name}' (site '{site['name']}') uses batch dim "
+                        f"{f.dim} but max_plate_nesting={declared}; NumPyro's "
+                        "TraceEnum_ELBO refuses it too. Raise max_plate_nesting to at "
+                        f"least {-f.dim} (or leave it unset: ppl reads it from the model)"
+                    )
+
+
 def _scale_of(site) -> float:
     scale = site.get("scale")
     if scale is None:

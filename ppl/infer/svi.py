@@ -14,7 +14,7 @@ from ..core.arguments import check_key, count, named_plate_errors
 from ..core.data_check import check_observed
 from ..core.elements import independent_plates
 from ..core.expectation import Expectation, refuse_unverified_additive
-from ..core.model_enum import declared_plate_nesting
+from ..core.model_enum import check_declared_nesting, declared_plate_nesting
 
 
 class Objective:
@@ -133,6 +133,7 @@ class Objective:
                 guide_tr, model_tr = _plain_traces(rng_key, params, model, guide, args, kwargs)
             except Exception:  # the objective's own run reports what is wrong
                 return 0
+            check_declared_nesting(self.max_plate_nesting, (model_tr, guide_tr), repr(self))
             check_observed(model_tr, repr(self), supports="concrete")
             if self.subsampling is not True:
                 joint = self.subsampling is False

@@ -77,12 +77,13 @@ def _dreg_iwae(model, guide, num_particles, args, kwargs):
 
 
 @numpyro_loss_options
-def renyi(alpha: float = 0.5, num_particles: int = 5) -> Objective:
+def renyi(alpha: float = 0.0, num_particles: int = 2) -> Objective:
     """Rényi (VR) bound E[1/(1-alpha) log (1/K) sum_k w_k^(1-alpha)]; alpha=0 is IWAE.
 
-    NumPyro's ``RenyiELBO(alpha, num_particles)``: where plates enclose every sample site
-    of model and guide, the bound is per element of them and summed, and they may be
-    subsampled (as :func:`iwae`).
+    NumPyro's ``RenyiELBO(alpha, num_particles)``, with its defaults (alpha 0, 2
+    particles: ``RenyiELBO()`` becomes ``renyi()``): where plates enclose every sample
+    site of model and guide, the bound is per element of them and summed, and they may
+    be subsampled (as :func:`iwae`).
     """
     num_particles = count(num_particles, "num_particles", "renyi")
     if alpha == 1:

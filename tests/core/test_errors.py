@@ -122,6 +122,48 @@ def test_guide_model_shape_mismatch_in_svi_loss():
         ppl.objectives.elbo().loss(KEY, {}, _model, guide)
 
 
+Y8 = jnp.linspace(-1.0, 1.0, 8)
+
+
+def _global_then_data(y):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+    with numpyro.plate("d", 8):
+        numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+
+def _local_latents(y):
+    with numpyro.plate("d", 8):
+        u = numpyro.sample("u", dist.Normal(0.0, 1.0))
+        numpyro.sample("y", dist.Normal(u, 1.0), obs=y)
+
+
+def _guide_mu_of_shape_3(y):
+    numpyro.sample("mu", dist.Normal(0.0, 1.0).expand([3]))
+
+
+def _guide_plate_of_4(y):
+    with numpyro.plate("d", 4):
+        numpyro.sample("u", dist.Normal(0.0, 1.0))
+
+
+@pytest.mark.parametrize(
+    "model, guide, message",
+    [
+        # the model's run breaks at 'y' (a (3,) mean in a plate of 8): the guide's 'mu' named
+        (_global_then_data, _guide_mu_of_shape_3, r"at site 'mu': guide \(3,\)"),
+        # the model's run succeeds; the observation check must not crash first, unnamed
+        (_local_latents, _guide_plate_of_4, r"at site 'u': guide \(4,\).*model \(8,\)"),
+    ],
+    ids=["model_run_breaks", "plate_size"],
+)
+def test_guide_value_of_the_wrong_shape_is_named_not_a_broadcast_error(model, guide, message):
+    """Before: NumPyro's or numpy's broadcasting error, naming no site ("Incompatible
+    shapes for broadcasting: shapes=[(8,), (3,)]", "shape mismatch: objects cannot be
+    broadcast ... (8,) and ... (4,)")."""
+    with pytest.raises(ppl.ModelGuideMismatch, match=message):
+        ppl.objectives.elbo().loss(KEY, {}, model, guide, Y8)
+
+
 def test_density_values_must_be_dict():
     with pytest.raises(TypeError, match="values must be a dict"):
         ppl.density(_model, [0.0])

@@ -103,6 +103,40 @@ def test_a_nesting_smaller_than_the_plates_is_refused_by_name(params):
         _loss_and_grad(loss, params)
 
 
+def _continuous_two_plates(data):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+    with numpyro.plate("groups", data.shape[0], dim=-2):
+        a = numpyro.sample("a", dist.Normal(mu, 1.0))
+        with numpyro.plate("items", data.shape[1], dim=-1):
+            numpyro.sample("obs", dist.Normal(a, 1.0), obs=data)
+
+
+def _continuous_guide(data):
+    numpyro.sample("mu", dist.Normal(0.0, 1.0))
+    with numpyro.plate("groups", data.shape[0], dim=-2):
+        numpyro.sample("a", dist.Normal(0.0, 1.0))
+
+
+def test_a_nesting_smaller_than_the_plates_is_refused_without_enumeration_too():
+    """``TraceEnum_ELBO(max_plate_nesting=1)`` refuses this all-continuous model ("Ran
+    out of free dims during allocation for groups"); before, ppl ignored the declaration
+    silently. A declaration the plates fit is accepted."""
+    key = jax.random.PRNGKey(0)
+    with pytest.raises(ValueError, match="Ran out of free dims"):
+        TraceEnum_ELBO(max_plate_nesting=1).loss(
+            key, {}, _continuous_two_plates, _continuous_guide, DATA
+        )
+    loss = ppl.objectives.elbo(max_plate_nesting=1)
+    with pytest.raises(
+        ppl.EnumerationError, match="plate 'groups' \\(site 'a'\\).*max_plate_nesting=1"
+    ):
+        loss.loss(key, {}, _continuous_two_plates, _continuous_guide, DATA)
+    value = ppl.objectives.elbo(max_plate_nesting=2).loss(
+        key, {}, _continuous_two_plates, _continuous_guide, DATA
+    )
+    assert np.isfinite(float(value))
+
+
 @pytest.mark.parametrize("factory", FACTORIES, ids=lambda f: f.__name__)
 def test_every_factory_takes_numpyro_keywords(factory):
     made = factory(max_plate_nesting=2, vectorize_particles=False)

@@ -1,5 +1,7 @@
 """ppl objectives inside NumPyro's SVI: loss contract, run, autoguides, Predictive, jit/vmap."""
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +9,14 @@ import numpyro
 import numpyro.distributions as dist
 import optax
 import pytest
-from numpyro.infer import SVI, Predictive, Trace_ELBO
+from numpyro.infer import (
+    SVI,
+    Predictive,
+    RenyiELBO,
+    Trace_ELBO,
+    TraceGraph_ELBO,
+    TraceMeanField_ELBO,
+)
 from numpyro.infer.autoguide import AutoDelta, AutoNormal
 
 import ppl
@@ -42,6 +51,30 @@ def test_loss_contract():
     out = loss.loss_with_mutable_state(KEY, params, coin_model, coin_guide, DATA)
     assert out["mutable_state"] is None
     assert jnp.allclose(out["loss"], value)
+
+
+@pytest.mark.parametrize(
+    "ours, theirs",
+    [
+        (ppl.objectives.elbo, Trace_ELBO),
+        (ppl.objectives.elbo, TraceMeanField_ELBO),
+        (ppl.objectives.elbo, TraceGraph_ELBO),
+        (ppl.objectives.renyi, RenyiELBO),
+    ],
+)
+def test_defaults_are_numpyros(ours, theirs):
+    """``loss=RenyiELBO()`` swapped for ``renyi()`` is the same bound: the arguments the two
+    share default alike (before: ``renyi()`` was alpha 0.5 with 5 particles, NumPyro's
+    ``RenyiELBO()`` alpha 0 with 2)."""
+    mine = inspect.signature(ours).parameters
+    shared = [p for p in inspect.signature(theirs).parameters.values() if p.name in mine]
+    assert shared, (ours, theirs)
+    for p in shared:
+        assert mine[p.name].default == p.default, (p.name, mine[p.name].default, p.default)
+    made = ours()
+    for p in shared:
+        if p.name in ("alpha", "num_particles"):
+            assert f"{p.name}={p.default}" in made.name, made.name
 
 
 def test_user_objective_reaches_exact_posterior():
