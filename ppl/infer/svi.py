@@ -192,25 +192,53 @@ def _plate_nesting(value, who: str) -> int | None:
 
 def numpyro_loss_options(factory: Callable) -> Callable:
     """Give an objective factory the keywords NumPyro's ELBOs take, so that swapping
-    ``loss=`` keeps them: ``max_plate_nesting`` (as ``TraceEnum_ELBO``'s) and
-    ``vectorize_particles`` (accepted either way: ppl always vectorizes its particles,
-    which changes no value, only memory)."""
+    ``loss=`` keeps them: ``max_plate_nesting`` (as ``TraceEnum_ELBO``'s),
+    ``vectorize_particles`` (a bool or NumPyro's callable, accepted either way: ppl always
+    vectorizes its particles, which changes no value, only memory), and ``Trace_ELBO``'s
+    ``sum_sites`` and ``multi_sample_guide`` at their defaults (``True``, ``False``; the
+    other values, a per-site loss dictionary and a guide proposing several samples, have no
+    ppl counterpart and are refused by name)."""
+
+    name = factory.__name__
 
     @functools.wraps(factory)
-    def make(*args, max_plate_nesting=None, vectorize_particles=True, **kwargs):
-        if not isinstance(vectorize_particles, bool):
+    def make(
+        *args,
+        max_plate_nesting=None,
+        vectorize_particles=True,
+        sum_sites=True,
+        multi_sample_guide=False,
+        **kwargs,
+    ):
+        if not (isinstance(vectorize_particles, bool) or callable(vectorize_particles)):
             raise TypeError(
-                f"{factory.__name__}: vectorize_particles must be a bool, "
+                f"{name}: vectorize_particles must be a bool (or NumPyro's callable), "
                 f"got {vectorize_particles!r}"
             )
+        if sum_sites is not True:
+            raise ValueError(
+                f"{name}: sum_sites={sum_sites!r} (NumPyro's per-site ELBO dictionary) has no "
+                "ppl counterpart: a ppl loss is the summed objective. Leave it at True"
+            )
+        if multi_sample_guide is not False:
+            raise ValueError(
+                f"{name}: multi_sample_guide={multi_sample_guide!r} (a guide proposing "
+                "several samples per site, NumPyro's Trace_ELBO option) is not supported "
+                "by ppl: its guides propose one sample per particle. Leave it at False"
+            )
         made = factory(*args, **kwargs)
-        made.max_plate_nesting = _plate_nesting(max_plate_nesting, factory.__name__)
+        made.max_plate_nesting = _plate_nesting(max_plate_nesting, name)
         return made
 
     signature = inspect.signature(factory)
     extra = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
-        for name, default in (("max_plate_nesting", None), ("vectorize_particles", True))
+        inspect.Parameter(option, inspect.Parameter.KEYWORD_ONLY, default=default)
+        for option, default in (
+            ("max_plate_nesting", None),
+            ("vectorize_particles", True),
+            ("sum_sites", True),
+            ("multi_sample_guide", False),
+        )
     ]
     make.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *extra])
     return make

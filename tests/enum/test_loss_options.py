@@ -147,6 +147,13 @@ def test_every_factory_takes_numpyro_keywords(factory):
         factory(max_plate_nesting=-1)
     with pytest.raises(TypeError, match="vectorize_particles must be a bool"):
         factory(vectorize_particles="yes")
+    made = factory(vectorize_particles=jax.vmap, sum_sites=True, multi_sample_guide=False)
+    assert made.max_plate_nesting is None
+    assert {"sum_sites", "multi_sample_guide"} <= set(names)
+    with pytest.raises(ValueError, match="sum_sites=False .*no ppl counterpart"):
+        factory(sum_sites=False)
+    with pytest.raises(ValueError, match="multi_sample_guide=True .*not supported"):
+        factory(multi_sample_guide=True)
 
 
 def test_user_objective_takes_max_plate_nesting(params):
