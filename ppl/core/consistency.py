@@ -6,8 +6,8 @@ with NumPyro's semantics and ppl's messages:
 
 * a guide site the model lacks is an error, unless marked ``infer={"is_auxiliary": True}``;
 * a guide site the model observes is an error (its value would replace the data);
-* a guide site the model marks for enumeration is an error (it would be both summed out
-  and sampled);
+* a guide site the model marks for enumeration is not summed out: the guide's value is
+  used, as NumPyro's ``replay`` does (``config_enumerate`` on both model and guide);
 * the guide's value must have exactly the model's shape (no silent broadcasting), and a
   plate the two share by name must have the same size.
 """
@@ -39,7 +39,7 @@ def _guide_samples(guide_trace, values):
         yield name, site
 
 
-def check_model_guide(model_trace, guide_trace, values, marked_enumerated) -> None:
+def check_model_guide(model_trace, guide_trace, values) -> None:
     """Raise :class:`ModelGuideMismatch` naming the first inconsistent site."""
     for name, g in _guide_samples(guide_trace, values):
         m = model_trace.get(name)
@@ -54,12 +54,6 @@ def check_model_guide(model_trace, guide_trace, values, marked_enumerated) -> No
             raise ModelGuideMismatch(
                 f"site '{name}' is observed in the model but sampled by the guide; a guide "
                 "must not sample observed sites (the sample would replace the data)"
-            )
-        if name in marked_enumerated:
-            raise ModelGuideMismatch(
-                f"site '{name}' is marked for enumeration in the model "
-                "(infer={'enumerate': 'parallel'}) and also sampled by the guide: either let "
-                "the model sum it out (remove it from the guide) or remove the mark"
             )
         model_shape = site_shape(m)
         guide_shape = tuple(jnp.shape(g["value"]))

@@ -124,18 +124,6 @@ def test_enumerated_continuous_site():
         loss(model, lambda x: None, X[0])
 
 
-def test_enumerated_site_also_sampled_by_guide():
-    def model(x):
-        z = numpyro.sample("z", dist.Bernoulli(0.3), infer={"enumerate": "parallel"})
-        numpyro.sample("x", dist.Normal(z, 1.0), obs=x)
-
-    def guide(x):
-        numpyro.sample("z", dist.Bernoulli(0.5))
-
-    with pytest.raises(ppl.ModelGuideMismatch, match="'z' is marked for enumeration"):
-        loss(model, guide, X[0])
-
-
 def test_missing_discrete_site_hints_at_enumeration():
     def model(x):
         z = numpyro.sample("z", dist.Bernoulli(0.3))
