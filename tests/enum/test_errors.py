@@ -124,6 +124,20 @@ def test_enumerated_continuous_site():
         loss(model, lambda x: None, X[0])
 
 
+def test_enumerated_site_with_event_dims():
+    """``.to_event()`` on a marked site: NumPyro's ``enumerate_support`` raises a bare
+    NotImplementedError (no site, no message); ppl names the site and the remedy."""
+
+    def model(x):
+        z = numpyro.sample(
+            "z", dist.Bernoulli(0.4).expand([4]).to_event(1), infer={"enumerate": "parallel"}
+        )
+        numpyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+    with pytest.raises(ppl.EnumerationError, match=r"site 'z'.*event shape \(4,\).*plate"):
+        loss(model, lambda x: None, X)
+
+
 def test_missing_discrete_site_hints_at_enumeration():
     def model(x):
         z = numpyro.sample("z", dist.Bernoulli(0.3))
