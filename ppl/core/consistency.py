@@ -6,8 +6,8 @@ with NumPyro's semantics and ppl's messages:
 
 * a guide site the model lacks is an error, unless marked ``infer={"is_auxiliary": True}``;
 * a guide site the model observes is an error (its value would replace the data);
-* a guide site the model marks for enumeration is an error (it would be both summed out
-  and sampled);
+* a guide site the model marks for enumeration is not summed out: the guide's value is
+  used, as NumPyro's ``replay`` does (``config_enumerate`` on both model and guide);
 * the guide's value must have exactly the model's shape (no silent broadcasting), and a
   plate the two share by name must have the same size.
 
@@ -46,9 +46,7 @@ def _guide_samples(guide_trace, values):
         yield name, site
 
 
-def check_model_guide(
-    model_trace, guide_trace, values, marked_enumerated, partial: bool = False
-) -> None:
+def check_model_guide(model_trace, guide_trace, values, partial: bool = False) -> None:
     """Raise :class:`ModelGuideMismatch` naming the first inconsistent site.
 
     ``partial=True``: ``model_trace`` is the part of a model run before it failed; guide
@@ -69,12 +67,6 @@ def check_model_guide(
                 f"site '{name}' is observed in the model but sampled by the guide; a guide "
                 "must not sample observed sites (the sample would replace the data)"
             )
-        if name in marked_enumerated:
-            raise ModelGuideMismatch(
-                f"site '{name}' is marked for enumeration in the model "
-                "(infer={'enumerate': 'parallel'}) and also sampled by the guide: either let "
-                "the model sum it out (remove it from the guide) or remove the mark"
-            )
         model_shape = site_shape(m)
         guide_shape = tuple(jnp.shape(g["value"]))
         if guide_shape != model_shape:
@@ -93,7 +85,7 @@ def check_model_guide(
 
 
 @contextmanager
-def name_the_mismatch(model_tracer: trace, guide_trace, values, marked_enumerated=()):
+def name_the_mismatch(model_tracer: trace, guide_trace, values):
     """Run a model under ``model_tracer`` (a NumPyro ``trace`` handler); if the run raises,
     check the sites it reached against the guide's first and raise the
     :class:`ModelGuideMismatch` naming the guide's site, if any, from the original error."""
@@ -106,7 +98,7 @@ def name_the_mismatch(model_tracer: trace, guide_trace, values, marked_enumerate
         if guide_trace is None or not reached:
             raise
         try:
-            check_model_guide(reached, guide_trace, values, marked_enumerated, partial=True)
+            check_model_guide(reached, guide_trace, values, partial=True)
         except ModelGuideMismatch as named:
             raise named from err
         raise

@@ -118,6 +118,22 @@ def _total(arrays):
     return sum((jnp.sum(a) for a in arrays.values()), start=jnp.zeros(()))
 
 
+class _valued_not_enumerated(Messenger):
+    """A site with a value (from the guide) is not enumerated, whatever the model's mark:
+    NumPyro's ``replay`` gives the model site the guide's value and ``infer``, so
+    ``config_enumerate`` on both model and guide sums out only the sites the guide lacks."""
+
+    def __init__(self, fn, values):
+        self.values = values
+        super().__init__(fn)
+
+    def process_message(self, msg):
+        if msg["type"] == "sample" and msg["name"] in self.values and is_marked(msg):
+            infer = dict(msg.get("infer") or {})
+            infer.pop("enumerate")
+            msg["infer"] = infer
+
+
 class _fill_enumerated(Messenger):
     """Every latent site needs a value, except sites marked for enumeration, which get a
     placeholder (their first support value) in this shape-and-structure run."""
@@ -192,8 +208,10 @@ def density(model: Callable, values: dict, *args, fix_params: bool = False, **kw
     When ``values`` comes from a guide run (a :func:`ppl.simulate` result or its
     ``.values``), model and guide are checked against each other first
     (:class:`ppl.ModelGuideMismatch`: guide sites the model lacks unless marked
-    ``is_auxiliary``, observed or enumerated model sites the guide samples, shapes and
-    plate sizes that differ, discrete vs continuous). The model's sites are not random
+    ``is_auxiliary``, observed model sites the guide samples, shapes and plate sizes
+    that differ, discrete vs continuous). A marked site the guide samples takes the
+    guide's value (NumPyro's ``replay``): ``config_enumerate`` on model and guide alike
+    sums out only the sites the guide lacks. The model's sites are not random
     choices of the enclosing expectation. ``fix_params=True`` holds the model's
     ``numpyro.param`` values fixed (stop-gradient).
     """
@@ -214,7 +232,7 @@ def density_terms(model: Callable, values, *args, fix_params: bool = False, **kw
         )
     if guide_trace is None:
         guide_trace = _guide_trace_of(values)
-    fn = substitute(model, data=values)
+    fn = _valued_not_enumerated(substitute(model, data=values), values)
     if fix_params:
         fn = _fix_params(fn)
     if not _has_key():  # scan's body draws its sites' placeholders with a key: any key
@@ -225,8 +243,7 @@ def density_terms(model: Callable, values, *args, fix_params: bool = False, **kw
         with name_the_mismatch(tracer, guide_trace, values):
             tr = tracer.get_trace(*args, **kwargs)
     if guide_trace is not None:  # first: a guide value of the wrong shape breaks the rest
-        marked = {n for n, s in tr.items() if s["type"] == "sample" and is_marked(s)}
-        check_model_guide(tr, guide_trace, values, marked)
+        check_model_guide(tr, guide_trace, values)
     check_observed(tr, "ppl.density")
     for name, site in tr.items():
         if site["type"] == "sample":

@@ -75,6 +75,13 @@ def check_enumerable(name: str, fn) -> None:
             f"{type(base_distribution(fn)).__name__} has no finite support to sum over; "
             "remove the mark (and give the site a value, e.g. sample it in the guide)"
         )
+    if fn.event_shape:  # .to_event(): NumPyro enumerates batch elements, not events
+        raise EnumerationError(
+            f"site '{name}' is marked infer={{'enumerate': 'parallel'}} but its "
+            f"{type(fn).__name__} has event shape {fn.event_shape} (from .to_event()): "
+            "enumeration sums over one value per batch element; put those dims in a "
+            "numpyro.plate instead of .to_event(), or sample the site in the guide"
+        )
 
 
 def max_plate_nesting(trace) -> int:
