@@ -190,3 +190,28 @@ def test_positional_arguments_mean_what_they_mean_in_numpyro():
         mcmc.NUTS(model, None, None, 0.5, step_size=0.1)
     with pytest.raises(TypeError, match="at most 15 positional arguments"):
         mcmc.NUTS(model, None, *([None] * 14))
+
+
+def test_pure_hmc_flags_an_energy_error_above_1000():
+    target = lambda x: -0.5 * jnp.sum(x**2) / 0.01  # sd 0.1
+    for step_size, divergent in ((10.0, True), (0.01, False)):
+        kernel = mcmc.hmc(target, step_size, 3)
+        _, info = kernel.step(jax.random.key(0), kernel.init(jnp.ones(2)))
+        assert bool(info.is_divergent) is divergent
+        # what the NumPyro adapter collects as ``diverging``, by default as NumPyro's HMC
+        adapter = mcmc.HMC(model, num_steps=3)
+        assert adapter.divergence(info) is info.is_divergent
+        assert "diverging" in adapter.default_fields
+
+
+@pytest.mark.slow  # 10 s: two HMC compilations
+def test_hmc_reports_divergences_as_numpyros_hmc():
+    """NumPyro's HMC collects ``diverging`` by default (energy error above 1000, which
+    print_summary counts): with a step size of 10 on a posterior of sd 0.5 every
+    trajectory diverges, with 0.1 none does."""
+    kernel = mcmc.HMC(model, num_steps=3, step_size=10.0, adapt_step_size=False)
+    m = run(kernel, num_warmup=0, num_samples=10)
+    diverging = np.asarray(m.get_extra_fields()["diverging"])
+    assert diverging.dtype == bool and diverging.shape == (10,) and diverging.all()
+    calm = run(mcmc.HMC(model, num_steps=3, step_size=0.1, adapt_step_size=False), num_warmup=0)
+    assert not np.asarray(calm.get_extra_fields()["diverging"]).any()
