@@ -663,6 +663,11 @@ class ChEES(ModelKernel):
             init_params = init_params.z
         if init_params is None:
             raise ValueError("ChEES: valid `init_params` must be provided with `potential_fn`.")
+        if not jax.tree.leaves(init_params):
+            raise ValueError(
+                "ChEES: the model has no latent sites to sample (its draws would be {});"
+                " ppl.mcmc.NUTS or HMC run such a model"
+            )
         if any(jnp.shape(x)[:1] != (num_chains,) for x in jax.tree.leaves(init_params)):
             raise ValueError(f"ChEES: init_params need a leading axis of num_chains={num_chains}")
         logdensity_fn = self._logdensity_fn(model_args, model_kwargs)

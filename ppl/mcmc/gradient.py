@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from ..core.arguments import count
-from .base import GradState, Kernel, mh_accept
+from .base import GradState, Kernel, mh_accept, ravel
 from .metric import Metric, euclidean, is_diagonal
 
 
@@ -140,8 +140,8 @@ def hmc(
         # three keys only with jitter, so an unjittered kernel keeps its random stream
         # (fold_in(key, 1) would equal split(key)[1]: ε would be correlated with the MH test)
         k_mom, k_acc, *k_eps = jax.random.split(key, 3 if step_size_jitter else 2)
-        x, unravel = ravel_pytree(state.position)
-        gx, _ = ravel_pytree(state.logdensity_grad)
+        x, unravel = ravel(state.position)
+        gx, _ = ravel(state.logdensity_grad)
         noise = jax.random.normal(k_mom, x.shape, x.dtype)
         if is_diagonal(inverse_mass_matrix):
             inv_mass = jnp.broadcast_to(jnp.asarray(inverse_mass_matrix, x.dtype), x.shape)

@@ -215,3 +215,32 @@ def test_hmc_reports_divergences_as_numpyros_hmc():
     assert diverging.dtype == bool and diverging.shape == (10,) and diverging.all()
     calm = run(mcmc.HMC(model, num_steps=3, step_size=0.1, adapt_step_size=False), num_warmup=0)
     assert not np.asarray(calm.get_extra_fields()["diverging"]).any()
+
+
+@pytest.mark.parametrize("kernel", ["nuts", "hmc"])
+def test_pure_kernels_step_an_empty_position_under_x64(kernel):
+    """A model with no latent sites (NumPyro's MCMC gives ``{}`` draws): under x64
+    ``ravel_pytree({})`` is float32 while the leapfrog carry turned float64 (the
+    adapters' step size is a float64 array)."""
+    with jax.enable_x64(True):
+        eps = jnp.asarray(0.1, jnp.float64)
+        make = {
+            "nuts": lambda: mcmc.nuts(lambda z: 0.0, eps),
+            "hmc": lambda: mcmc.hmc(lambda z: 0.0, eps, 2),
+        }
+        k = make[kernel]()
+        state, _ = k.step(jax.random.key(0), k.init({}))
+        assert state.position == {}
+
+
+def test_chees_refuses_a_model_without_latent_sites():
+    m = MCMC(
+        mcmc.ChEES(lambda: None),
+        num_warmup=5,
+        num_samples=5,
+        num_chains=2,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
+    with pytest.raises(ValueError, match="no latent sites"):
+        m.run(jax.random.PRNGKey(0))
