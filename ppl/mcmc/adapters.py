@@ -471,6 +471,12 @@ class ModelKernel(MCMCKernel):
                     )
                 self._inverse_mass_matrix = jnp.asarray(value)
                 return
+            if self._mass_structure is False:
+                # NumPyro runs dense_mass=False on a model as dense_mass=[]: the dict's
+                # blocks as given, the sites it leaves out in one diagonal block
+                check_blocks(imm, z)
+                self._mass_structure = []
+                return
             raise ValueError(
                 f"{who}: a dict inverse_mass_matrix (NumPyro's structured form) needs"
                 " dense_mass given as the list of its tuples of site names; with"

@@ -244,3 +244,23 @@ def test_chees_refuses_a_model_without_latent_sites():
     )
     with pytest.raises(ValueError, match="no latent sites"):
         m.run(jax.random.PRNGKey(0))
+
+
+def test_dict_inverse_mass_matrix_without_dense_mass_is_numpyros_block_diagonal():
+    """NumPyro's ``NUTS(model, inverse_mass_matrix={("x",): diag})`` (dense_mass=False):
+    that diagonal block for x, ones for the sites it leaves out, as NumPyro's state has it."""
+
+    def two_sites():
+        numpyro.sample("x", dist.Normal(0.0, 1.0).expand([3]))
+        numpyro.sample("z", dist.Normal(0.0, 1.0).expand([2]))
+
+    given = {("x",): jnp.arange(1.0, 4.0)}
+    k = mcmc.NUTS(two_sites, inverse_mass_matrix=given, adapt_mass_matrix=False)
+    imm = k.init(jax.random.key(0), 0, None, (), {}).adapt_state.inverse_mass_matrix
+    assert set(imm) == {("x",), ("z",)}
+    np.testing.assert_array_equal(imm[("x",)], [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(imm[("z",)], [1.0, 1.0])
+    with pytest.raises(ValueError, match="not latent sites"):
+        mcmc.NUTS(two_sites, inverse_mass_matrix={("y",): jnp.ones(3)}).init(
+            jax.random.key(0), 0, None, (), {}
+        )
