@@ -264,3 +264,49 @@ def test_dict_inverse_mass_matrix_without_dense_mass_is_numpyros_block_diagonal(
         mcmc.NUTS(two_sites, inverse_mass_matrix={("y",): jnp.ones(3)}).init(
             jax.random.key(0), 0, None, (), {}
         )
+
+
+def test_chees_state_has_numpyros_extra_field_names():
+    """``extra_fields`` on ChEES: NumPyro's names, each with a leading chain axis (NumPyro
+    swaps the chain and draw axes of an ensemble kernel's every field), and an unknown
+    name refused by name rather than by indexing the tuple with a string."""
+    from operator import attrgetter
+
+    from ppl.mcmc.base import GradState
+    from ppl.mcmc.chees import ChEESAdaptState
+
+    chains, ones = jnp.zeros(3), jnp.ones((3, 2))
+    params = mcmc.ChEESParameters(jnp.array(0.2), jnp.array(1.5), jnp.ones(2))
+    state = mcmc.ChEESState(
+        jnp.array(0),
+        GradState({"mu": jnp.ones((3, 2))}, jnp.array([-1.0, -2.0, -3.0]), {"mu": ones}),
+        ChEESAdaptState(None, None, None, None, params, chains),
+        chains,
+        chains > 0,
+        chains,
+        jax.random.key(0),
+        chains.astype(jnp.int32),
+    )
+    fields = ("potential_energy", "adapt_state.step_size", "mean_accept_prob", "z_grad")
+    got = {f: attrgetter(f)(state) for f in fields}
+    np.testing.assert_array_equal(got["potential_energy"], [1.0, 2.0, 3.0])
+    assert got["adapt_state.step_size"].shape == (3,)
+    np.testing.assert_allclose(got["adapt_state.step_size"], [0.2, 0.2, 0.2])
+    assert got["mean_accept_prob"].shape == (3,) and got["z_grad"]["mu"].shape == (3, 2)
+    assert float(got["z_grad"]["mu"][0, 0]) == -1.0
+    with pytest.raises(ValueError, match="no field 'energy'"):
+        attrgetter("energy")(state)
+
+
+@pytest.mark.slow  # ChEES compilation
+def test_chees_collects_numpyros_extra_fields():
+    kernel = mcmc.ChEES(model)
+    m = MCMC(kernel, num_warmup=20, num_samples=10, num_chains=4, chain_method="vectorized")
+    m._progress_bar = False
+    fields = ("potential_energy", "adapt_state.step_size", "mean_accept_prob", "diverging")
+    m.run(jax.random.PRNGKey(0), Y, extra_fields=fields)
+    extra = m.get_extra_fields(group_by_chain=True)
+    assert all(extra[f].shape == (4, 10) for f in fields)
+    mu = m.get_samples()["mu"]
+    pe = jax.vmap(lambda v: potential_energy(model, (Y,), {}, {"mu": v}))(mu)
+    np.testing.assert_allclose(m.get_extra_fields()["potential_energy"], pe, rtol=1e-5, atol=1e-5)
