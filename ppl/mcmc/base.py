@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 
 
 class Kernel(NamedTuple):
@@ -52,6 +53,14 @@ class Info(NamedTuple):
 
     acceptance_rate: jax.Array
     is_accepted: jax.Array
+
+
+def ravel(tree: Any) -> tuple[jax.Array, Callable]:
+    """``ravel_pytree``, except that an empty tree (a model with no latent sites) gives a
+    (0,) array of the default float dtype, not JAX's float32 (which under x64 breaks the
+    leapfrog loops' carry types)."""
+    flat, unravel = ravel_pytree(tree)
+    return (flat.astype(jnp.result_type(float)) if flat.size == 0 else flat), unravel
 
 
 def summarize(info: Any) -> Info:

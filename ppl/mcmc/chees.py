@@ -512,7 +512,8 @@ def chees_adaptation(
 class ChEESState(NamedTuple):
     """State of :class:`ChEES` over all chains: the iteration ``i``, the chains' states
     (leading axis; ``z`` is the unconstrained position), the shared adaptation state, each
-    chain's last acceptance probability and divergence, the phase's mean acceptance, and
+    chain's last acceptance probability and divergence, its mean acceptance over the
+    phase (warm-up or sampling), and
     one ``rng_key`` (NumPyro's ensemble-kernel convention), and each chain's leapfrog steps
     (gradient evaluations) in the last iteration, ``num_steps`` (the shared jittered count,
     as NumPyro's ``HMCState.num_steps``; collect it with ``extra_fields=("num_steps",)``)."""
@@ -529,6 +530,36 @@ class ChEESState(NamedTuple):
     @property
     def z(self):
         return self.inner.position
+
+    @property
+    def potential_energy(self):
+        """Each chain's −log density at ``z``, as NumPyro's ``HMCState.potential_energy``."""
+        return -self.inner.logdensity
+
+    @property
+    def z_grad(self):
+        """Each chain's gradient of the potential energy at ``z``."""
+        return jax.tree.map(jnp.negative, self.inner.logdensity_grad)
+
+    @property
+    def adapt_state(self):
+        """The step size, trajectory length and inverse mass matrix in use (shared, repeated
+        per chain: NumPyro collects an ensemble kernel's fields along the chain axis), under
+        NumPyro's names (``extra_fields=("adapt_state.step_size",)``)."""
+        chains = jnp.shape(self.inner.logdensity)[:1]
+        return jax.tree.map(
+            lambda p: jnp.broadcast_to(p, chains + jnp.shape(p)), self.adapt.parameters
+        )
+
+    def __getattr__(self, name):
+        # reached only for a name that is neither a field nor a property: NumPyro's
+        # extra_fields lookup would otherwise index the tuple with a string
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise ValueError(
+            f"ChEES's state has no field {name!r} to collect; its fields are "
+            f"{list(self._fields)} and potential_energy, z_grad, adapt_state"
+        )
 
 
 class ChEES(ModelKernel):
@@ -634,7 +665,7 @@ class ChEES(ModelKernel):
         eps, length, _ = state.adapt.parameters
         return (
             f"step size {float(eps):.2e}, T/eps {float(length / eps):.0f}. "
-            f"acc. prob={float(state.mean_accept_prob):.2f}"
+            f"acc. prob={float(jnp.mean(state.mean_accept_prob)):.2f}"
         )
 
     def refresh(self, state, model_args, model_kwargs):
@@ -663,6 +694,11 @@ class ChEES(ModelKernel):
             init_params = init_params.z
         if init_params is None:
             raise ValueError("ChEES: valid `init_params` must be provided with `potential_fn`.")
+        if not jax.tree.leaves(init_params):
+            raise ValueError(
+                "ChEES: the model has no latent sites to sample (its draws would be {});"
+                " ppl.mcmc.NUTS or HMC run such a model"
+            )
         if any(jnp.shape(x)[:1] != (num_chains,) for x in jax.tree.leaves(init_params)):
             raise ValueError(f"ChEES: init_params need a leading axis of num_chains={num_chains}")
         logdensity_fn = self._logdensity_fn(model_args, model_kwargs)
@@ -691,7 +727,7 @@ class ChEES(ModelKernel):
             adapt,
             zeros,
             zeros > 0,
-            jnp.zeros_like(zeros[0]),
+            zeros,
             key,
             jnp.zeros(num_chains, jnp.int32),
         )
@@ -717,7 +753,7 @@ class ChEES(ModelKernel):
             inner, adapt = jax.lax.cond(t < self._num_warmup, warm, lambda a: a, (inner, adapt))
         i = t + 1
         n = jnp.where(t < self._num_warmup, i, i - self._num_warmup)
-        accept = jnp.mean(info.acceptance_rate)
+        accept = info.acceptance_rate
         mean_accept_prob = state.mean_accept_prob + (accept - state.mean_accept_prob) / n
         return ChEESState(
             i,

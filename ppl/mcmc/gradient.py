@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from ..core.arguments import count
-from .base import GradState, Info, Kernel, mh_accept
+from .base import GradState, Kernel, mh_accept, ravel
 from .metric import Metric, euclidean, is_diagonal
 
 
@@ -91,6 +92,18 @@ def leapfrog(logdensity_fn: Callable, step_size, num_steps: int, inverse_mass_ma
     return integrate
 
 
+MAX_ENERGY_ERROR = 1000.0  # NumPyro's HMC: a trajectory whose energy grew more diverged
+
+
+class HMCInfo(NamedTuple):
+    """What one HMC step did: :class:`~ppl.mcmc.Info`'s fields and ``is_divergent``, the
+    energy error H(x', p') − H(x, p) above 1000 or not finite (NumPyro's ``diverging``)."""
+
+    acceptance_rate: jax.Array
+    is_accepted: jax.Array
+    is_divergent: jax.Array
+
+
 def jitter_fraction(value, who: str) -> float:
     """``value`` as a float in [0, 1): the relative half-width of a step-size jitter."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
@@ -127,8 +140,8 @@ def hmc(
         # three keys only with jitter, so an unjittered kernel keeps its random stream
         # (fold_in(key, 1) would equal split(key)[1]: ε would be correlated with the MH test)
         k_mom, k_acc, *k_eps = jax.random.split(key, 3 if step_size_jitter else 2)
-        x, unravel = ravel_pytree(state.position)
-        gx, _ = ravel_pytree(state.logdensity_grad)
+        x, unravel = ravel(state.position)
+        gx, _ = ravel(state.logdensity_grad)
         noise = jax.random.normal(k_mom, x.shape, x.dtype)
         if is_diagonal(inverse_mass_matrix):
             inv_mass = jnp.broadcast_to(jnp.asarray(inverse_mass_matrix, x.dtype), x.shape)
@@ -149,9 +162,11 @@ def hmc(
         # a new energy that is not finite rejects (as NaN does in ``mh_accept``): −∞ comes
         # from a log density of +∞, or a dense pᵀM⁻¹p of an overflowing p rounded to −∞
         log_ratio = jnp.where(jnp.isfinite(new_kinetic - logdensity), log_ratio, -jnp.inf)
-        if adjusted:
-            return mh_accept(k_acc, log_ratio, new, state)
         log_ratio = jnp.where(jnp.isnan(log_ratio), -jnp.inf, log_ratio)
-        return new, Info(jnp.exp(jnp.minimum(log_ratio, 0.0)), jnp.asarray(True))
+        divergent = log_ratio < -MAX_ENERGY_ERROR
+        if adjusted:
+            new, info = mh_accept(k_acc, log_ratio, new, state)
+            return new, HMCInfo(*info, divergent)
+        return new, HMCInfo(jnp.exp(jnp.minimum(log_ratio, 0.0)), jnp.asarray(True), divergent)
 
     return Kernel(init, step)

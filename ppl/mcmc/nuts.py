@@ -19,10 +19,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 
 from ..core.arguments import count
-from .base import GradState, Kernel
+from .base import GradState, Kernel, ravel
 from .gradient import _grad_init
 from .metric import Metric, euclidean
 
@@ -83,8 +82,8 @@ def nuts(
     init = _grad_init(logdensity_fn)
 
     def step(key, state):
-        x0, unravel = ravel_pytree(state.position)
-        g0, _ = ravel_pytree(state.logdensity_grad)
+        x0, unravel = ravel(state.position)
+        g0, _ = ravel(state.logdensity_grad)
         transition = _transition(
             lambda x: logdensity_fn(unravel(x)),
             step_size,

@@ -190,3 +190,123 @@ def test_positional_arguments_mean_what_they_mean_in_numpyro():
         mcmc.NUTS(model, None, None, 0.5, step_size=0.1)
     with pytest.raises(TypeError, match="at most 15 positional arguments"):
         mcmc.NUTS(model, None, *([None] * 14))
+
+
+def test_pure_hmc_flags_an_energy_error_above_1000():
+    target = lambda x: -0.5 * jnp.sum(x**2) / 0.01  # sd 0.1
+    for step_size, divergent in ((10.0, True), (0.01, False)):
+        kernel = mcmc.hmc(target, step_size, 3)
+        _, info = kernel.step(jax.random.key(0), kernel.init(jnp.ones(2)))
+        assert bool(info.is_divergent) is divergent
+        # what the NumPyro adapter collects as ``diverging``, by default as NumPyro's HMC
+        adapter = mcmc.HMC(model, num_steps=3)
+        assert adapter.divergence(info) is info.is_divergent
+        assert "diverging" in adapter.default_fields
+
+
+@pytest.mark.slow  # 10 s: two HMC compilations
+def test_hmc_reports_divergences_as_numpyros_hmc():
+    """NumPyro's HMC collects ``diverging`` by default (energy error above 1000, which
+    print_summary counts): with a step size of 10 on a posterior of sd 0.5 every
+    trajectory diverges, with 0.1 none does."""
+    kernel = mcmc.HMC(model, num_steps=3, step_size=10.0, adapt_step_size=False)
+    m = run(kernel, num_warmup=0, num_samples=10)
+    diverging = np.asarray(m.get_extra_fields()["diverging"])
+    assert diverging.dtype == bool and diverging.shape == (10,) and diverging.all()
+    calm = run(mcmc.HMC(model, num_steps=3, step_size=0.1, adapt_step_size=False), num_warmup=0)
+    assert not np.asarray(calm.get_extra_fields()["diverging"]).any()
+
+
+@pytest.mark.parametrize("kernel", ["nuts", "hmc"])
+def test_pure_kernels_step_an_empty_position_under_x64(kernel):
+    """A model with no latent sites (NumPyro's MCMC gives ``{}`` draws): under x64
+    ``ravel_pytree({})`` is float32 while the leapfrog carry turned float64 (the
+    adapters' step size is a float64 array)."""
+    with jax.enable_x64(True):
+        eps = jnp.asarray(0.1, jnp.float64)
+        make = {
+            "nuts": lambda: mcmc.nuts(lambda z: 0.0, eps),
+            "hmc": lambda: mcmc.hmc(lambda z: 0.0, eps, 2),
+        }
+        k = make[kernel]()
+        state, _ = k.step(jax.random.key(0), k.init({}))
+        assert state.position == {}
+
+
+def test_chees_refuses_a_model_without_latent_sites():
+    m = MCMC(
+        mcmc.ChEES(lambda: None),
+        num_warmup=5,
+        num_samples=5,
+        num_chains=2,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
+    with pytest.raises(ValueError, match="no latent sites"):
+        m.run(jax.random.PRNGKey(0))
+
+
+def test_dict_inverse_mass_matrix_without_dense_mass_is_numpyros_block_diagonal():
+    """NumPyro's ``NUTS(model, inverse_mass_matrix={("x",): diag})`` (dense_mass=False):
+    that diagonal block for x, ones for the sites it leaves out, as NumPyro's state has it."""
+
+    def two_sites():
+        numpyro.sample("x", dist.Normal(0.0, 1.0).expand([3]))
+        numpyro.sample("z", dist.Normal(0.0, 1.0).expand([2]))
+
+    given = {("x",): jnp.arange(1.0, 4.0)}
+    k = mcmc.NUTS(two_sites, inverse_mass_matrix=given, adapt_mass_matrix=False)
+    imm = k.init(jax.random.key(0), 0, None, (), {}).adapt_state.inverse_mass_matrix
+    assert set(imm) == {("x",), ("z",)}
+    np.testing.assert_array_equal(imm[("x",)], [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(imm[("z",)], [1.0, 1.0])
+    with pytest.raises(ValueError, match="not latent sites"):
+        mcmc.NUTS(two_sites, inverse_mass_matrix={("y",): jnp.ones(3)}).init(
+            jax.random.key(0), 0, None, (), {}
+        )
+
+
+def test_chees_state_has_numpyros_extra_field_names():
+    """``extra_fields`` on ChEES: NumPyro's names, each with a leading chain axis (NumPyro
+    swaps the chain and draw axes of an ensemble kernel's every field), and an unknown
+    name refused by name rather than by indexing the tuple with a string."""
+    from operator import attrgetter
+
+    from ppl.mcmc.base import GradState
+    from ppl.mcmc.chees import ChEESAdaptState
+
+    chains, ones = jnp.zeros(3), jnp.ones((3, 2))
+    params = mcmc.ChEESParameters(jnp.array(0.2), jnp.array(1.5), jnp.ones(2))
+    state = mcmc.ChEESState(
+        jnp.array(0),
+        GradState({"mu": jnp.ones((3, 2))}, jnp.array([-1.0, -2.0, -3.0]), {"mu": ones}),
+        ChEESAdaptState(None, None, None, None, params, chains),
+        chains,
+        chains > 0,
+        chains,
+        jax.random.key(0),
+        chains.astype(jnp.int32),
+    )
+    fields = ("potential_energy", "adapt_state.step_size", "mean_accept_prob", "z_grad")
+    got = {f: attrgetter(f)(state) for f in fields}
+    np.testing.assert_array_equal(got["potential_energy"], [1.0, 2.0, 3.0])
+    assert got["adapt_state.step_size"].shape == (3,)
+    np.testing.assert_allclose(got["adapt_state.step_size"], [0.2, 0.2, 0.2])
+    assert got["mean_accept_prob"].shape == (3,) and got["z_grad"]["mu"].shape == (3, 2)
+    assert float(got["z_grad"]["mu"][0, 0]) == -1.0
+    with pytest.raises(ValueError, match="no field 'energy'"):
+        attrgetter("energy")(state)
+
+
+@pytest.mark.slow  # ChEES compilation
+def test_chees_collects_numpyros_extra_fields():
+    kernel = mcmc.ChEES(model)
+    m = MCMC(kernel, num_warmup=20, num_samples=10, num_chains=4, chain_method="vectorized")
+    m._progress_bar = False
+    fields = ("potential_energy", "adapt_state.step_size", "mean_accept_prob", "diverging")
+    m.run(jax.random.PRNGKey(0), Y, extra_fields=fields)
+    extra = m.get_extra_fields(group_by_chain=True)
+    assert all(extra[f].shape == (4, 10) for f in fields)
+    mu = m.get_samples()["mu"]
+    pe = jax.vmap(lambda v: potential_energy(model, (Y,), {}, {"mu": v}))(mu)
+    np.testing.assert_allclose(m.get_extra_fields()["potential_energy"], pe, rtol=1e-5, atol=1e-5)
