@@ -69,6 +69,36 @@ class AdaptState(NamedTuple):
     rng_key: jax.Array
 
 
+def _position(state):
+    return state.inner.position
+
+
+def _potential_energy(state):
+    """−log density at ``z`` (per chain for an ensemble), NumPyro's ``potential_energy``."""
+    return -state.inner.logdensity
+
+
+def _z_grad(state):
+    """Gradient of the potential energy at ``z``, as NumPyro's ``HMCState.z_grad``."""
+    return jax.tree.map(jnp.negative, state.inner.logdensity_grad)
+
+
+def unknown_field(owner: str, others: str):
+    """A state's ``__getattr__``, reached only for a name that is neither a field nor a
+    property: NumPyro's ``extra_fields`` lookup would otherwise fall back to indexing the
+    tuple with a string ("tuple indices must be integers"); the name is refused instead."""
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise ValueError(
+            f"{owner} has no field {name!r} to collect; its fields are "
+            f"{list(self._fields)} and {others}"
+        )
+
+    return __getattr__
+
+
 class KernelState(NamedTuple):
     """State of an adapted kernel; ``z`` (the unconstrained position) is the sample field.
     ``num_steps`` is the number of gradient evaluations (leapfrog steps) of the last
@@ -87,36 +117,20 @@ class KernelState(NamedTuple):
     num_steps: jax.Array | None = None
     diverging: jax.Array | None = None
 
-    @property
-    def z(self):
-        return self.inner.position
-
-    @property
-    def potential_energy(self):
-        """−log density at ``z``, as NumPyro's ``HMCState.potential_energy``."""
-        return -self.inner.logdensity
-
-    @property
-    def z_grad(self):
-        """Gradient of the potential energy at ``z``, as NumPyro's ``HMCState.z_grad``."""
-        return jax.tree.map(jnp.negative, self.inner.logdensity_grad)
+    z = property(_position, doc="The unconstrained position (NumPyro's sample field).")
+    potential_energy = property(_potential_energy, doc=_potential_energy.__doc__)
+    z_grad = property(_z_grad, doc=_z_grad.__doc__)
 
     @property
     def adapt_state(self):
         """The adaptation state, under NumPyro's name (``"adapt_state.step_size"``)."""
         return self.adapt
 
-    def __getattr__(self, name):
-        # reached only for a name that is not a field or property (or whose property does
-        # not apply to this kernel): NumPyro's extra_fields lookup would otherwise fall back
-        # to indexing the tuple and raise "tuple indices must be integers"
-        if name.startswith("_"):
-            raise AttributeError(name)
-        raise ValueError(
-            f"this ppl kernel's state has no field {name!r} to collect; its fields are "
-            f"{list(self._fields)} and potential_energy, z_grad, adapt_state (gradient "
-            "kernels); num_steps / diverging are None where a kernel does not report them"
-        )
+    __getattr__ = unknown_field(
+        "this ppl kernel's state",
+        "potential_energy, z_grad, adapt_state (gradient kernels); num_steps / diverging "
+        "are None where a kernel does not report them",
+    )
 
 
 _plain_replace = KernelState._replace

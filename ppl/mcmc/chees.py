@@ -34,7 +34,14 @@ from numpyro.util import is_prng_key
 
 from ..core.arguments import count
 from . import ensemble_metric, ensemble_rescue
-from .adapters import ModelKernel, _leapfrog_step_size
+from .adapters import (
+    ModelKernel,
+    _leapfrog_step_size,
+    _position,
+    _potential_energy,
+    _z_grad,
+    unknown_field,
+)
 from .base import GradState, Info, Kernel
 from .gradient import _grad_init
 
@@ -527,19 +534,9 @@ class ChEESState(NamedTuple):
     rng_key: jax.Array
     num_steps: jax.Array
 
-    @property
-    def z(self):
-        return self.inner.position
-
-    @property
-    def potential_energy(self):
-        """Each chain's −log density at ``z``, as NumPyro's ``HMCState.potential_energy``."""
-        return -self.inner.logdensity
-
-    @property
-    def z_grad(self):
-        """Each chain's gradient of the potential energy at ``z``."""
-        return jax.tree.map(jnp.negative, self.inner.logdensity_grad)
+    z = property(_position, doc="Each chain's unconstrained position.")
+    potential_energy = property(_potential_energy, doc=_potential_energy.__doc__)
+    z_grad = property(_z_grad, doc=_z_grad.__doc__)
 
     @property
     def adapt_state(self):
@@ -551,15 +548,7 @@ class ChEESState(NamedTuple):
             lambda p: jnp.broadcast_to(p, chains + jnp.shape(p)), self.adapt.parameters
         )
 
-    def __getattr__(self, name):
-        # reached only for a name that is neither a field nor a property: NumPyro's
-        # extra_fields lookup would otherwise index the tuple with a string
-        if name.startswith("_"):
-            raise AttributeError(name)
-        raise ValueError(
-            f"ChEES's state has no field {name!r} to collect; its fields are "
-            f"{list(self._fields)} and potential_energy, z_grad, adapt_state"
-        )
+    __getattr__ = unknown_field("ChEES's state", "potential_energy, z_grad, adapt_state")
 
 
 class ChEES(ModelKernel):
