@@ -140,18 +140,7 @@ def enum_plate_nesting(trace, who: str) -> int:
             f"{declared}; enumerated dims would collide with them. Raise max_plate_nesting "
             f"to at least {used} (or leave it unset: ppl reads it from the model)"
         )
-    if used > declared:
-        plate = next(
-            f.name
-            for s in trace.values()
-            for f in s.get("cond_indep_stack") or []
-            if f.dim is not None and -f.dim > declared
-        )
-        raise EnumerationError(
-            f"{who}: plate '{plate}' uses batch dim -{used} but max_plate_nesting="
-            f"{declared}; enumerated dims would collide with it. Raise max_plate_nesting "
-            f"to at least {used} (or leave it unset: ppl reads it from the model)"
-        )
+    check_declared_nesting(declared, (trace,), who)  # a plate beyond it
     return declared
 
 
