@@ -43,7 +43,7 @@ def assert_elbo_is_trace_elbos(model, params, *args):
     guide = AutoDelta(model)
 
     def value_and_grad(loss):
-        return jax.value_and_grad(lambda p: loss.loss(KEY, p, model, guide, *args))(params)
+        return jax.jit(jax.value_and_grad(lambda p: loss.loss(KEY, p, model, guide, *args)))(params)
 
     (ours, ours_grad), (theirs, theirs_grad) = (
         value_and_grad(ppl.objectives.elbo()),
@@ -109,11 +109,15 @@ def test_model_side_enumeration_equals_trace_enum_and_brute_force():
     with enable_x64(True):
         y = jnp.asarray(np.asarray(Y), jnp.float64)
         params = {"pz": jnp.array(0.3)}
-        ours = jax.value_and_grad(
-            lambda p: ppl.objectives.elbo().loss(KEY, p, enumerated_switch, _no_guide, y)
+        ours = jax.jit(
+            jax.value_and_grad(
+                lambda p: ppl.objectives.elbo().loss(KEY, p, enumerated_switch, _no_guide, y)
+            )
         )(params)
-        theirs = jax.value_and_grad(
-            lambda p: TraceEnum_ELBO().loss(KEY, p, enumerated_switch, _no_guide, y)
+        theirs = jax.jit(
+            jax.value_and_grad(
+                lambda p: TraceEnum_ELBO().loss(KEY, p, enumerated_switch, _no_guide, y)
+            )
         )(params)
         brute = jax.value_and_grad(lambda p: _brute(p["pz"], y))(params)
         for ref in (theirs, brute):

@@ -55,7 +55,7 @@ FACTORIES = [
 
 def _loss_and_grad(loss, params):
     key = jax.random.PRNGKey(0)
-    return jax.value_and_grad(lambda p: loss.loss(key, p, nested, GUIDE, DATA))(params)
+    return jax.jit(jax.value_and_grad(lambda p: loss.loss(key, p, nested, GUIDE, DATA)))(params)
 
 
 @pytest.fixture(scope="module")

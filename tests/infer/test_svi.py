@@ -243,10 +243,11 @@ def test_jit_and_vmap_around_the_estimate():
         return (z + w) ** 2
 
     E = ppl.expectation(f)
-    keys = jax.random.split(KEY, 4)
+    keys = jax.random.split(KEY, 2)
     eager = jnp.stack([E.value_and_grad(k, 0.3)[1] for k in keys])
     batched = jax.jit(jax.vmap(lambda k: E.grad(k, 0.3)))(keys)
     assert np.allclose(eager, batched, rtol=1e-5, atol=1e-6)
     ps = jnp.array([0.2, 0.5])
     per_p = jax.vmap(lambda p: E.grad(KEY, p))(ps)
-    assert np.allclose(per_p, jnp.stack([E.grad(KEY, p) for p in ps]), rtol=1e-5, atol=1e-6)
+    one_p = jax.jit(lambda p: E.grad(KEY, p))  # compiled once: eager is covered above
+    assert np.allclose(per_p, jnp.stack([one_p(p) for p in ps]), rtol=1e-5, atol=1e-6)
