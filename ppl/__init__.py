@@ -5,7 +5,7 @@ sample site (pathwise, REINFORCE with baselines, enumeration, measure-valued
 derivatives), usable as NumPyro ``SVI`` losses.
 """
 
-from . import dt, mcmc, objectives, reward, sharding, validate
+from . import dt, jaxlib_check, mcmc, objectives, reward, sharding, validate
 from .core import (
     MVD,
     Enum,
@@ -47,6 +47,8 @@ from .infer import (
 )
 
 __version__ = "0.1.0"
+
+jaxlib_check.warn_if_affected()
 
 __all__ = [
     "Marginal",
