@@ -213,7 +213,14 @@ elbo, sequential scan body* is the same ELBO with the body stacked by NumPyro's
 `lax.scan` (T sequential steps); *diag: hand log-depth tree* is funsor's parallel-prefix
 contraction, which NumPyro's `compute_markov_factors` uses for `scan`, written in ~10
 lines of JAX. Before these changes (the earlier run of this file) ppl was 1.6-2.7x the
-hand-written gradient.""",
+hand-written gradient. Where the rest goes
+(measured at stop 27 on a loaded 2-core Xeon, S = 4, T = 100 and 1000, 300 interleaved
+calls each): the time per step is the same as the hand-written loop's (0.16 against 0.17
+us per step, from the slope between T = 100 and T = 1000); what remains is a fixed
+~0.12 ms: the compiled gradient runs 57 fused kernels, 2 dots and 5 scatters outside the
+scan against the hand-written one's 24 fused kernels (the generic scoring of the
+enumerated sites, `locs[x]` as a gather with its scatter-add in the gradient, the
+alignment of the factors), which no change to the contraction removes.""",
     "mixture": """{mix_N} points from K well-separated 1-d Gaussians; params: weights
 (simplex), locs, scales (one per component); Adam (lr {mix_lr}), same init (locs at K
 data points drawn by the seed, unit scales, uniform weights) and same PRNG key per seed
