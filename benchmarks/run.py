@@ -616,6 +616,9 @@ OTHER_RESULTS = "\n".join(
         "- MCMC on all 14 posteriordb posteriors (ESS per gradient and per second, ppl NUTS/HMC/"
         "ChEES/SMC vs NumPyro and BlackJAX NUTS, issue 17's goals): `MCMC_POSTERIORDB.md`"
         " (`python -m benchmarks.mcmc_posteriordb`);",
+        "- ppl NUTS vs NumPyro NUTS in ESS per gradient over many seeds, with standard "
+        "errors (the posteriordb table's 2-3 seeds cannot resolve its 0.9x goal): "
+        "`NUTS_ESS_PER_GRAD.md` (`python -m benchmarks.nuts_ess_per_grad`);",
         "- the cone model's objectives: `CONE_RESULTS.md` (`python -m benchmarks.cone`);",
         "- BRAIn and its baselines (reward-KL frontier, exact KL): `BRAIN_RESULTS.md` "
         "(`python -m benchmarks.brain`);",
