@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import warnings
 
+__all__ = ["warn_if_affected"]
+
 AFFECTED = ("0.10.2",)
 WORKAROUND = "--xla_cpu_experimental_ynn_fusion_type="
 
