@@ -86,7 +86,47 @@ def _hmm(rows) -> list[str]:
     out += [_table(head, body), "", "Details:", ""]
     detail = [[r["S"], r["T"], name, *_cells(s)] for r in rows for name, s in r["methods"].items()]
     out += [_table(["S", "T", *DETAIL], detail), ""]
-    return out
+    return out + _hmm_split(rows)
+
+
+def _hmm_split(rows) -> list[str]:
+    """Per-step and fixed time of ppl and the hand-written gradient, from T = 100 and 1000.
+
+    run ms ≈ fixed + T · per step, solved from the two lengths of each S; and the kernels
+    each compiled gradient runs outside its loops (``harness.entry_op_kinds``, at T = 1000)."""
+    by = {(r["S"], r["T"]): r["methods"] for r in rows}
+    sizes = sorted({s for s, t in by if (s, 100) in by and (s, 1000) in by})
+    if not sizes:
+        return []
+    head = ["S", "method", "per step us", "fixed ms", "ppl - hand fixed ms"]
+    head += [f"{k} kernels outside loops" for k in ("fused", "dot", "gather", "scatter")]
+    head += ["other", "loops"]
+    body = []
+    for S in sizes:
+        short, long = by[(S, 100)], by[(S, 1000)]
+        split = {}
+        for name in (PPL, HAND):
+            step = (long[name]["median_ms"] - short[name]["median_ms"]) / 900
+            split[name] = (step, short[name]["median_ms"] - 100 * step)
+        for name in (PPL, HAND):
+            step, fixed = split[name]
+            ops = long[name].get("entry_ops") or {}
+            cells = [ops.get(k, "n/a") for k in ("fusion", "dot", "gather", "scatter")]
+            gap = split[PPL][1] - split[HAND][1]
+            body.append(
+                [S, name, f"{1e3 * step:.3f}", f"{fixed:.3f}", f"{gap:.3f}" if name == PPL else ""]
+                + cells
+                + [ops.get("other", "n/a"), ops.get("loop", "n/a")]
+            )
+    return [
+        "Where ppl's extra time goes: run ms = fixed + T x per step, solved from T = 100 "
+        "and T = 1000 (medians above); kernels outside loops = the compiled gradient's "
+        "top-level HLO instructions at T = 1000, by kind (fused kernels, dots, gathers, "
+        "scatters, other computing instructions, loops).",
+        "",
+        _table(head, body),
+        "",
+    ]
 
 
 def _mixture(rows) -> list[str]:
@@ -213,14 +253,11 @@ elbo, sequential scan body* is the same ELBO with the body stacked by NumPyro's
 `lax.scan` (T sequential steps); *diag: hand log-depth tree* is funsor's parallel-prefix
 contraction, which NumPyro's `compute_markov_factors` uses for `scan`, written in ~10
 lines of JAX. Before these changes (the earlier run of this file) ppl was 1.6-2.7x the
-hand-written gradient. Where the rest goes
-(measured at stop 27 on a loaded 2-core Xeon, S = 4, T = 100 and 1000, 300 interleaved
-calls each): the time per step is the same as the hand-written loop's (0.16 against 0.17
-us per step, from the slope between T = 100 and T = 1000); what remains is a fixed
-~0.12 ms: the compiled gradient runs 57 fused kernels, 2 dots and 5 scatters outside the
-scan against the hand-written one's 24 fused kernels (the generic scoring of the
-enumerated sites, `locs[x]` as a gather with its scatter-add in the gradient, the
-alignment of the factors), which no change to the contraction removes.""",
+hand-written gradient. Where the rest goes: the table *Where ppl's extra time goes*
+above. ppl's time per step is the hand-written loop's; what remains is a fixed cost of
+the kernels its gradient runs outside the scan (the generic scoring of the enumerated
+sites, `locs[x]` as a gather with its scatter-add in the gradient, the alignment of the
+factors), which no change to the contraction removes.""",
     "mixture": """{mix_N} points from K well-separated 1-d Gaussians; params: weights
 (simplex), locs, scales (one per component); Adam (lr {mix_lr}), same init (locs at K
 data points drawn by the seed, unit scales, uniform weights) and same PRNG key per seed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import re
 import statistics
 import time
 from collections import Counter
@@ -88,6 +89,7 @@ class Compiled:
         self.jaxpr = jaxpr_stats(traced.jaxpr)
         self.cost = _cost(self.compiled)
         self.hlo_ops = _hlo_op_count(self.compiled)
+        self.entry_ops = entry_op_kinds(self.compiled)
 
     def __call__(self, *args):
         return self.compiled(*(args or self.args))
@@ -107,6 +109,42 @@ def _hlo_op_count(compiled) -> int | None:
     return sum(
         1 for line in text.splitlines() if " = " in line and not line.startswith("HloModule")
     )
+
+
+ENTRY_KINDS = ("fusion", "dot", "gather", "scatter", "loop")
+
+
+def entry_op_kinds(compiled) -> dict[str, int] | None:
+    """Kernels the optimized HLO runs outside its loops: the ENTRY computation's
+    instructions of each kind in :data:`ENTRY_KINDS` (``loop``: a ``while``, or the ``call``
+    XLA's CPU backend makes of a small one; its body runs per iteration), and ``other`` for
+    the rest that compute (copies included; parameters, tuples, constants and bitcasts
+    are free).
+
+    Where a gradient's extra time is fixed rather than per step, this is where it runs."""
+    try:
+        text = compiled.as_text()
+    except Exception:  # pragma: no cover
+        return None
+    counts = dict.fromkeys((*ENTRY_KINDS, "other"), 0)
+    free = ("parameter", "tuple", "get-tuple-element", "constant", "bitcast")
+    in_entry = False
+    for line in text.splitlines():
+        if line.startswith("ENTRY "):
+            in_entry = True
+            continue
+        if in_entry and line.startswith("}"):
+            break
+        rhs = line.split(" = ", 1)[1] if in_entry and " = " in line else ""
+        m = re.search(r" ([a-z][a-z0-9-]*)\(", rhs)  # the op: the first word before a "("
+        if m is None:
+            continue
+        op = "loop" if m.group(1) in ("while", "call") else m.group(1)
+        if op in counts:
+            counts[op] += 1
+        elif op not in free:
+            counts["other"] += 1
+    return counts
 
 
 def time_side_by_side(
@@ -146,6 +184,7 @@ def time_side_by_side(
             "jaxpr_eqns": f.jaxpr["eqns"],
             "jaxpr_primitives": f.jaxpr["primitives"],
             "hlo_ops": f.hlo_ops,
+            "entry_ops": f.entry_ops,
             **{f"xla_{k}": v for k, v in f.cost.items()},
         }
     return out

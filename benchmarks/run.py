@@ -619,6 +619,9 @@ OTHER_RESULTS = "\n".join(
         "- ppl NUTS vs NumPyro NUTS in ESS per gradient over many seeds, with standard "
         "errors (the posteriordb table's 2-3 seeds cannot resolve its 0.9x goal): "
         "`NUTS_ESS_PER_GRAD.md` (`python -m benchmarks.nuts_ess_per_grad`);",
+        "- the gradient floor under the NUTS ESS/s goal (a bare loop of the model's "
+        "gradients against both NUTS kernels' time per gradient): `GRADIENT_FLOOR.md` "
+        "(`python -m benchmarks.gradient_floor`);",
         "- the cone model's objectives: `CONE_RESULTS.md` (`python -m benchmarks.cone`);",
         "- BRAIn and its baselines (reward-KL frontier, exact KL): `BRAIN_RESULTS.md` "
         "(`python -m benchmarks.brain`);",

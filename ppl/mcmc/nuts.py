@@ -6,7 +6,9 @@ The transition is BlackJAX's ``nuts.build_kernel()`` (velocity Verlet, divergenc
 energy error of 1000) step for step and key for key: the same momentum draw, the same
 direction and acceptance bits from the same keys, so it returns BlackJAX's proposal (a test
 checks it). What differs is the program: the position is one flat array and the branches of
-BlackJAX's ``lax.cond`` s are ``jnp.where`` selects (checkpoints are written in place). XLA's
+BlackJAX's ``lax.cond`` s are ``jnp.where`` selects (checkpoints are written in place), and
+a step's U-turn checks against its checkpoints are one masked test over all the levels, not
+an inner loop. XLA's
 CPU backend runs a large while loop's body op by op (loops under
 ``xla_cpu_small_while_loop_byte_threshold``, 1 kB by default, become one compiled kernel),
 so on small models the number of ops per leapfrog step, not the gradient, sets the cost.
@@ -148,13 +150,12 @@ def _transition(logdensity_fn, step_size, metric: Metric, max_num_doublings, div
             r_ckpt = r_ckpt.at[idx_max].set(jnp.where(even, new.p, r_ckpt[idx_max]))
             r_sum_ckpt = r_sum_ckpt.at[idx_max].set(jnp.where(even, p_sum, r_sum_ckpt[idx_max]))
 
-            def check(c):
-                i, _ = c
-                return i - 1, is_turning(r_ckpt[i], new.p, p_sum - r_sum_ckpt[i] + r_ckpt[i])
-
-            _, turning = jax.lax.while_loop(
-                lambda c: (c[0] >= idx_min) & ~c[1], check, (idx_max, jnp.asarray(False))
-            )
+            # all the levels' checks at once, masked to idx_min..idx_max (no inner loop)
+            levels = jnp.arange(max_num_doublings)
+            rho = p_sum - r_sum_ckpt + r_ckpt - (r_ckpt + new.p) / 2
+            v_left = jax.vmap(velocity)(r_ckpt)
+            turns = (jnp.sum(v_left * rho, -1) <= 0) | (rho @ velocity(new.p) <= 0)
+            turning = jnp.any(turns & (levels >= idx_min) & (levels <= idx_max))
             return n + 1, new, prop, p_sum, (r_ckpt, r_sum_ckpt), diverging, turning
 
         placeholder = _Proposal(start.x, start.logdensity, start.grad, 0.0 * energy0, energy0)
