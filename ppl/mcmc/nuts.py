@@ -8,8 +8,7 @@ direction and acceptance bits from the same keys, so it returns BlackJAX's propo
 checks it). What differs is the program: the position is one flat array and the branches of
 BlackJAX's ``lax.cond`` s are ``jnp.where`` selects (checkpoints are written in place), and
 a step's U-turn checks against its checkpoints are one masked test over all the levels, not
-an inner loop. XLA's
-CPU backend runs a large while loop's body op by op (loops under
+an inner loop. XLA's CPU backend runs a large while loop's body op by op (loops under
 ``xla_cpu_small_while_loop_byte_threshold``, 1 kB by default, become one compiled kernel),
 so on small models the number of ops per leapfrog step, not the gradient, sets the cost.
 """
