@@ -82,11 +82,13 @@ def support_log_prob(fn: dist.Distribution, value, dim: int, masked=0.0):
     site), with ``masked`` in place of the log density of the elements a ``mask`` hides.
     For a Categorical the states already lie on the event axis, so the result is that
     axis moved to ``dim``: no gather, and no scatter in its gradient (an O(T S^2) scatter
-    for a chain of T steps). Other families: :func:`log_prob`."""
+    for a chain of T steps); and it is not broadcast along the dims where only ``value``
+    has size > 1 (the same support at every step of a chain: a homogeneous transition
+    stays (S, S), not (T, S, S)), so its shape broadcasts with ``log_prob``'s without
+    always equalling it. Other families: :func:`log_prob`."""
     if isinstance(fn, dist.ExpandedDistribution):
         lp = support_log_prob(fn.base_dist, value, dim, masked)
-        shape = jax.lax.broadcast_shapes(tuple(fn.batch_shape), jnp.shape(value))
-        return jnp.broadcast_to(lp, shape)
+        return jnp.broadcast_to(lp, jax.lax.broadcast_shapes(tuple(fn.batch_shape), lp.shape))
     if isinstance(fn, dist.MaskedDistribution):
         lp = support_log_prob(fn.base_dist, value, dim, masked)  # the support is feasible
         if fn._mask is True:
@@ -99,8 +101,7 @@ def support_log_prob(fn: dist.Distribution, value, dim: int, masked=0.0):
     states = log_pmf.shape[-1]
     if not (-ndim <= dim < 0) or log_pmf.shape[dim - 1] != 1 or batch_shape[dim] != states:
         return log_prob(fn, value)  # parameters that vary along the site's own dim
-    lp = jnp.swapaxes(log_pmf, dim - 1, -1)[..., 0]
-    return jnp.broadcast_to(lp, batch_shape)
+    return jnp.swapaxes(log_pmf, dim - 1, -1)[..., 0]
 
 
 def log_prob(fn: dist.Distribution, value):

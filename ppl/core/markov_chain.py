@@ -16,6 +16,8 @@ log Σ α T_0 … T_{n-1}, O(T S²)). Higher-order chains keep NumPyro's
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections import OrderedDict
 from typing import NamedTuple
 
@@ -82,19 +84,35 @@ def scan_sum_product(trans: funsor.Funsor, time: funsor.Variable, step: dict) ->
 
 
 class Chain(NamedTuple):
-    """A first-order chain not yet contracted: ``trans`` over (time, prev, curr, ...)."""
+    """A first-order chain not yet contracted: ``trans`` over (time, prev, curr, ...); or,
+    where ``trans`` would only add factors that read nothing but time, prev and curr, those
+    ``parts`` (``trans`` None: their sum is built only if :meth:`product` needs it)."""
 
-    trans: funsor.Funsor
+    trans: funsor.Funsor | None
     time: funsor.Variable
     step: dict  # previous-step variable -> current-step variable
+    parts: tuple = ()
 
     @property
     def inputs(self):
-        return self.trans.inputs
+        if self.trans is not None:
+            return self.trans.inputs
+        inputs = OrderedDict([(self.time.name, self.time.output)])
+        for f in self.parts:
+            inputs.update(f.inputs)
+        return inputs
+
+    @property
+    def dtype(self):
+        return (self.parts[0] if self.trans is None else self.trans).data.dtype
 
     def product(self) -> funsor.Funsor:
         """The chain's transition product over time (a funsor over prev, curr, batch)."""
-        return scan_sum_product(self.trans, self.time, self.step)
+        trans = self.trans
+        if trans is None:  # every step adds the parts that do not read time
+            trans = functools.reduce(operator.add, self.parts)
+            trans = _with_inputs(trans, OrderedDict([(self.time.name, self.time.output)]))
+        return scan_sum_product(trans, self.time, self.step)
 
     def forward(self, alpha: funsor.Funsor):
         """log Σ alpha(prev) Π_t T_t, carrying a vector (O(T S²), the forward algorithm),
@@ -102,17 +120,21 @@ class Chain(NamedTuple):
         besides prev (then contract :meth:`product` instead)."""
         prevs = sorted(self.step)
         currs = [self.step[p] for p in prevs]
-        trans = self.trans
-        if not isinstance(trans, funsor.Tensor) or not isinstance(alpha, funsor.Tensor):
+        trans, inputs = self.trans, self.inputs
+        if trans is not None and not isinstance(trans, funsor.Tensor):
             return None
-        if set(trans.inputs) != {self.time.name, *prevs, *currs}:
+        if not isinstance(alpha, funsor.Tensor):
+            return None
+        if set(inputs) != {self.time.name, *prevs, *currs}:
             return None
         if not set(alpha.inputs) <= set(prevs):
             return None
-        sizes = tuple(trans.inputs[p].size for p in prevs)
+        sizes = tuple(inputs[p].size for p in prevs)
         size = int(np.prod(sizes))
-        alpha = _with_inputs(alpha, OrderedDict((p, trans.inputs[p]) for p in prevs))
+        alpha = _with_inputs(alpha, OrderedDict((p, inputs[p]) for p in prevs))
         v = alpha.align(tuple(prevs)).data.reshape(size)
+        if trans is None:
+            return self._forward_parts(v, prevs, currs, size)
         mats = trans.align((self.time.name, *prevs, *currs)).data
         mats = mats.reshape((mats.shape[0], size, size))
 
@@ -122,12 +144,50 @@ class Chain(NamedTuple):
         v, _ = jax.lax.scan(step, v, mats)
         return jax.nn.logsumexp(v)
 
+    def _forward_parts(self, v, prevs, currs, size):
+        """:meth:`forward` from the factors one by one, as a hand-written forward algorithm:
+        v' = logsumexp_prev(v + P + P_t) + c + c_t, with P the factors that read the previous
+        state (P_t those that also read time), c (c_t) those that read only the current one:
+        a time-homogeneous transition matrix stays (S, S), never stacked to (T, S, S)."""
+        time, n = self.time.name, self.time.output.size
+        dims = OrderedDict((k, self.inputs[k]) for k in (time, *prevs, *currs))
+        pair, curr, const = {False: 0.0, True: 0.0}, {False: 0.0, True: 0.0}, 0.0
+        for f in self.parts:
+            timed = time in f.inputs
+            if set(f.inputs) & set(prevs):
+                keys, shape = (*prevs, *currs), (size, size)
+                target = pair
+            elif set(f.inputs) & set(currs):
+                keys, shape, target = tuple(currs), (size,), curr
+            else:  # a constant per step (time-only or none): T of them in the chain
+                const = const + (jnp.sum(f.data) if timed else n * f.data)
+                continue
+            keys = (time, *keys) if timed else keys
+            data = _with_inputs(f, OrderedDict((k, dims[k]) for k in keys)).align(keys).data
+            target[timed] = target[timed] + data.reshape(((n,) if timed else ()) + shape)
+        xs = (pair[True], curr[True])
+        xs = tuple(x if jnp.ndim(x) else jnp.zeros((n, 0)) for x in xs)  # placeholders
+
+        def step(v, x):
+            m = pair[False] + (x[0] if jnp.ndim(pair[True]) else 0.0)
+            c = curr[False] + (x[1] if jnp.ndim(curr[True]) else 0.0)
+            return jax.nn.logsumexp(v[:, None] + m, axis=0) + c, None
+
+        v, _ = jax.lax.scan(step, v, xs)
+        return jax.nn.logsumexp(v) + const
+
 
 def markov_factors(time_factors, time_init, time_markov, sum_vars, prod_vars, history):
     """NumPyro's ``compute_markov_factors`` (log semiring); first-order chains come back
     as :class:`Chain` (contracted later: by :meth:`Chain.forward` where the rest of
     their group reduces to a vector over the first step, else :meth:`Chain.product`)."""
+    # a factor constant in time has no time input: broadcast it where funsor's products
+    # need one (higher orders), else it is added at every step (Chain)
     if history > 1:
+        time_factors = {
+            t: [_with_inputs(f, OrderedDict([(t.name, t.output)])) for f in fs]
+            for t, fs in time_factors.items()
+        }
         return compute_markov_factors(
             time_factors,
             time_init,
@@ -141,6 +201,16 @@ def markov_factors(time_factors, time_init, time_markov, sum_vars, prod_vars, hi
     factors = []
     for time_var, log_factors in time_factors.items():
         eliminate = (sum_vars | prod_vars) - time_markov[time_var]
+        step = {k: _shift_name(k, -_get_shift(k)) for k in time_init[time_var]}
+        chain_vars = {time_var.name, *step, *step.values()}
+        read = set().union(*(f.inputs for f in log_factors)) | {time_var.name}
+        if (
+            read == chain_vars
+            and not read & eliminate
+            and all(isinstance(f, funsor.Tensor) for f in log_factors)
+        ):  # the sum of the factors, nothing to eliminate: keep them apart (Chain.forward)
+            factors.append(Chain(None, time_var, step, tuple(log_factors)))
+            continue
         with funsor.interpretations.lazy:
             lazy = funsor.sum_product.sum_product(
                 funsor.ops.logaddexp,
@@ -150,6 +220,7 @@ def markov_factors(time_factors, time_init, time_markov, sum_vars, prod_vars, hi
                 plates=prod_vars,
             )
         trans = funsor.optimizer.apply_optimizer(lazy)
-        step = {k: _shift_name(k, -_get_shift(k)) for k in time_init[time_var]}
+        if isinstance(trans, funsor.Tensor):
+            trans = _with_inputs(trans, OrderedDict([(time_var.name, time_var.output)]))
         factors.append(Chain(trans, time_var, step))
     return factors

@@ -251,6 +251,7 @@ def collapsed_terms(fn, args, kwargs, nesting: int) -> list[CollapsedTerm]:
             lp = support_log_prob(site["fn"], site["value"], dim, masked=-np.log(states))
         else:
             lp = site_log_density(site)
+        _refuse_leaked_enum_dims(site, lp, dim_to_name, nesting)
         # data dims outside any plate (no name, or the enum trace's default name for a
         # dim no plate claims): summed, as NumPyro sums them
         free = tuple(
@@ -268,7 +269,12 @@ def collapsed_terms(fn, args, kwargs, nesting: int) -> list[CollapsedTerm]:
         time_var = None
         for dim, name in dim_to_name.items():
             if name.startswith("_time"):
-                time_var = funsor.Variable(name, funsor.Bint[jnp.shape(lp)[dim]])
+                # the chain's length from the site's value too: a factor constant in time
+                # (a homogeneous transition) has size 1 there and no time input
+                value = site["value"]
+                batch = jnp.shape(value)[: jnp.ndim(value) - site["fn"].event_dim]
+                full = jax.lax.broadcast_shapes(jnp.shape(lp), batch)
+                time_var = funsor.Variable(name, funsor.Bint[full[dim]])
                 history = max(history, max(_get_shift(n) for n in dim_to_name.values()))
                 break
         if time_var is None:
@@ -355,13 +361,37 @@ def _forward(tr, group, names, group_enum, plate_dims) -> CollapsedTerm | None:
             )
         alpha = funsor.optimizer.apply_optimizer(alpha)
     else:
-        alpha = funsor.Tensor(jnp.zeros((), chain.trans.data.dtype))
+        alpha = funsor.Tensor(jnp.zeros((), chain.dtype))
     lp = chain.forward(alpha)
     if lp is None:
         return None
     scale = _common_scale(tr, names, group_enum)
     label = f"enum({','.join(sorted(group_enum))})"
     return CollapsedTerm(label, lp if scale == 1.0 else scale * lp, (), None)
+
+
+def _refuse_leaked_enum_dims(site, lp, dim_to_name, nesting: int) -> None:
+    """A site whose log density varies along an enumeration dim (left of the
+    ``nesting`` plate dims) that names no enumerated site there read an enumerated value
+    after the ``markov`` / ``scan`` context that enumerated it had ended (the carry a
+    ``scan`` returns, the last value of a ``markov`` loop): its dim was released, so nothing
+    says which site it belongs to. Summing along it would be a wrong number; NumPyro's
+    ``TraceEnum_ELBO`` fails on such a model with a reshape error."""
+    leaked = [
+        d
+        for d in range(-jnp.ndim(lp), -nesting)
+        if jnp.shape(lp)[d] > 1
+        and (d not in dim_to_name or dim_to_name[d].startswith("_pyro_dim_"))
+    ]
+    if leaked:
+        raise EnumerationError(
+            f"site '{site['name']}': its log density varies along enumeration dim(s) "
+            f"{leaked}, which name no enumerated site: it reads an enumerated value outside "
+            "the markov / scan context that enumerated it (the carry a scan returns, or the "
+            "last value of a markov loop, used after the loop). Score it inside that "
+            "context (in the scan body / the last markov step), or sample the value in the "
+            "guide"
+        )
 
 
 def _common_scale(tr, names, group_enum) -> float:

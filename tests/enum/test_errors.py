@@ -185,3 +185,59 @@ def test_traced_scale_is_refused():
 
     with pytest.raises(ppl.EnumerationError, match="site 'z'"):
         jax.jit(lambda s: loss(model, lambda x, s: None, X[0], s))(jnp.array(0.5))
+
+
+# --- an enumerated value used after the markov / scan context that enumerated it ----------
+_INIT = jnp.array([0.5, 0.3, 0.2])
+_TRANS = jnp.array([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.3, 0.3, 0.4]])
+_E = {"enumerate": "parallel"}
+
+
+def _chain_then_y_after_scan(y, steps=3):
+    from numpyro.contrib.control_flow import scan
+
+    x0 = numpyro.sample("x0", dist.Categorical(_INIT), infer=_E)
+
+    def step(x_prev, _):
+        return numpyro.sample("x", dist.Categorical(_TRANS[x_prev]), infer=_E), None
+
+    last, _ = scan(step, x0, None, length=steps)
+    numpyro.sample("y", dist.Normal(last * 1.0, 0.5), obs=y)
+
+
+def _chain_then_y_after_markov(y, steps=3, inside=False):
+    from numpyro.contrib.funsor import markov
+
+    x = numpyro.sample("x0", dist.Categorical(_INIT), infer=_E)
+    for t in markov(range(steps)):
+        x = numpyro.sample(f"x{t + 1}", dist.Categorical(_TRANS[x]), infer=_E)
+        if inside and t == steps - 1:
+            numpyro.sample("y", dist.Normal(x * 1.0, 0.5), obs=y)
+    if not inside:
+        numpyro.sample("y", dist.Normal(x * 1.0, 0.5), obs=y)
+
+
+@pytest.mark.parametrize("model", [_chain_then_y_after_scan, _chain_then_y_after_markov])
+def test_enumerated_value_read_after_its_chain_is_refused(model):
+    """The carry a scan returns / the last value of a markov loop, read after the loop:
+    its enumeration dim was released, and ppl summed y's log density along it (-5.217
+    where log p(y) is -1.105; NumPyro's TraceEnum_ELBO fails with a reshape error)."""
+    with pytest.raises(ppl.core.model_enum.EnumerationError, match="site 'y'.*outside the"):
+        loss(model, lambda y: None, 1.3)
+
+
+def test_value_read_inside_its_chain_is_the_marginal():
+    """Control: y scored in the last markov step is exact (brute force over 3^4 paths)."""
+    import itertools
+
+    log_joint = []
+    for path in itertools.product(range(3), repeat=4):
+        steps = zip(path[:-1], path[1:], strict=True)
+        lp = np.log(_INIT[path[0]]) + sum(np.log(_TRANS[a, b]) for a, b in steps)
+        log_joint.append(lp + dist.Normal(path[-1] * 1.0, 0.5).log_prob(1.3))
+    exact = jax.scipy.special.logsumexp(jnp.array(log_joint))
+
+    def model(y):
+        _chain_then_y_after_markov(y, inside=True)
+
+    np.testing.assert_allclose(-loss(model, lambda y: None, 1.3), exact, rtol=1e-5)

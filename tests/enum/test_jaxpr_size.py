@@ -94,3 +94,34 @@ def test_counting_detects_t_dependence_in_the_markov_model():
     """Power: the check that passes for ``scan`` fails for the unrolled ``markov`` loop."""
     with pytest.raises(AssertionError, match="hmm_markov"):
         assert_independent_of_t(hmm_markov, 2, 3)
+
+
+def _shapes(jaxpr: Jaxpr):
+    """Every intermediate's shape in ``jaxpr`` and its sub-jaxprs, but the stacked outputs
+    of a ``scan`` (the per-step residuals autodiff keeps, which a hand-written forward
+    algorithm's gradient keeps too)."""
+    for e in jaxpr.eqns:
+        if e.primitive.name != "scan":
+            yield from (tuple(getattr(v.aval, "shape", ())) for v in e.outvars)
+        for j in _sub_jaxprs(e):
+            yield from _shapes(j)
+
+
+def test_homogeneous_transition_is_not_stacked_over_time():
+    """The scan HMM's transition Categorical(trans[x_prev]) is the same at every step: its
+    log-probability table stays (S, S) and the forward algorithm adds it at each step, as a
+    hand-written one does; nothing of shape (T, S, S) is built, in the ELBO or its gradient,
+    besides the forward scan's own residuals (it was: the table broadcast to (T, S, S),
+    added to the emissions, and its (T, S, S) gradient reduced over T). The emissions are
+    (T, S): one per step."""
+    T, S = 40, 3
+    y = _series(T)
+    guide = ref.continuous_guide(hmm_scan)
+
+    def loss(params):
+        return ppl.objectives.elbo().loss(jax.random.PRNGKey(0), params, hmm_scan, guide, y)
+
+    shapes = set(_shapes(jax.make_jaxpr(jax.grad(loss))(PARAMS).jaxpr))
+    stacked = {s for s in shapes if len(s) >= 3 and s[-2:] == (S, S) and T - 1 in s[:-2]}
+    assert not stacked, f"transition tables stacked over time: {sorted(stacked)}"
+    assert any(T - 1 in s and S in s for s in shapes)  # the per-step emissions are there
