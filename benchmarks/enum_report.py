@@ -243,21 +243,25 @@ algorithm; `tests/enum/test_elbo_family.py::test_trace_enum_scan_differs`).
 How ppl scores and contracts the chain. The scan body is evaluated at all steps at once
 (`jax.vmap`, `ppl/core/time_parallel.py`), since its carry is the previous step's
 enumerated support, the same array at every step; the homogeneous transition matrix stays
-unstacked (scored once, not T times). An enumerated Categorical site is scored by moving
-its event axis to its dim (no gather, no scatter in the gradient;
-`ppl/core/distributions.py`). Then one `lax.scan` over time (`ppl/core/markov_chain.py`;
-the traced program is the same for every T) carries a vector over the states (the
-forward algorithm, O(T S^2)), because this HMM's initial factors reduce to a vector over
-the first step (other groups get the S x S matrix product, O(T S^3)). The row *diag: ppl
-elbo, sequential scan body* is the same ELBO with the body stacked by NumPyro's
-`lax.scan` (T sequential steps); *diag: hand log-depth tree* is funsor's parallel-prefix
-contraction, which NumPyro's `compute_markov_factors` uses for `scan`, written in ~10
-lines of JAX. Before these changes (the earlier run of this file) ppl was 1.6-2.7x the
-hand-written gradient. Where the rest goes: the table *Where ppl's extra time goes*
-above. ppl's time per step is the hand-written loop's; what remains is a fixed cost of
-the kernels its gradient runs outside the scan (the generic scoring of the enumerated
-sites, `locs[x]` as a gather with its scatter-add in the gradient, the alignment of the
-factors), which no change to the contraction removes.""",
+unstacked: its log-probability table is (S, S), scored once, never broadcast to
+(T, S, S) (since stop 28; `tests/enum/test_jaxpr_size.py`). An enumerated Categorical
+site is scored by moving its event axis to its dim (no gather, no scatter in the
+gradient; `ppl/core/distributions.py`). Then one `lax.scan` over time
+(`ppl/core/markov_chain.py`; the traced program is the same for every T) carries a
+vector over the states (the forward algorithm, O(T S^2)), because this HMM's initial
+factors reduce to a vector over the first step (other groups get the S x S matrix
+product, O(T S^3)); where the chain's factors only add (as here: a transition table and
+per-step emissions), the scan adds them one by one, as the hand-written loop does:
+v' = logsumexp(v + A) + e_t. The row *diag: ppl elbo, sequential scan body* is the same
+ELBO with the body stacked by NumPyro's `lax.scan` (T sequential steps); *diag: hand
+log-depth tree* is funsor's parallel-prefix contraction, which NumPyro's
+`compute_markov_factors` uses for `scan`, written in ~10 lines of JAX. Earlier runs of
+this file: ppl 1.6-2.7x the hand-written gradient before issue 16's contraction work,
+1.25-1.33x with the transition stacked to (T, S, S) (stop 27). What remains: the table
+*Where ppl's extra time goes* above (the kernels the gradient runs outside the scan: the
+generic scoring of the enumerated sites and the alignment of the factors, about twice
+the hand-written gradient's count); on a loaded machine its per-step and fixed parts
+move by tens of percent between runs.""",
     "mixture": """{mix_N} points from K well-separated 1-d Gaussians; params: weights
 (simplex), locs, scales (one per component); Adam (lr {mix_lr}), same init (locs at K
 data points drawn by the seed, unit scales, uniform weights) and same PRNG key per seed
