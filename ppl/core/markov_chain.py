@@ -51,6 +51,16 @@ def _log_matmul(a, b):
     return jnp.log(jnp.exp(a - a_max) @ jnp.exp(b - b_max)) + a_max + b_max
 
 
+def _shift(m):
+    """A running product's per-step normalizer: its max (0 where not finite), held out of
+    the gradient. Carrying the product minus it and summing the shifts once at the end
+    (``jnp.sum``, a tree reduction) keeps float32 rounding at the size of one step's
+    terms; a carried log-product grows like T and each step then rounds at eps·|log p|
+    (float32, T = 5000: 3e-2 off against NumPyro's 6e-4)."""
+    m = jax.lax.stop_gradient(m)
+    return jnp.where(jnp.isfinite(m), m, 0.0)
+
+
 def scan_sum_product(trans: funsor.Funsor, time: funsor.Variable, step: dict) -> funsor.Funsor:
     """``funsor.sum_product.sequential_sum_product(logaddexp, add, trans, time, step)`` by
     a ``lax.scan``: ``trans`` has inputs ``time``, the previous-step variables (keys of
@@ -77,7 +87,15 @@ def scan_sum_product(trans: funsor.Funsor, time: funsor.Variable, step: dict) ->
     sizes = tuple(trans.inputs[p].size for p in prevs)
     size = int(np.prod(sizes))
     mats = data.reshape((num_steps, *batch_shape, size, size))
-    product, _ = jax.lax.scan(lambda acc, m: (_log_matmul(acc, m), None), mats[0], mats[1:])
+
+    def step(acc, m):
+        acc = _log_matmul(acc, m)
+        shift = _shift(jnp.max(acc, axis=(-2, -1), keepdims=True))
+        return acc - shift, shift
+
+    first = _shift(jnp.max(mats[0], axis=(-2, -1), keepdims=True))
+    product, shifts = jax.lax.scan(step, mats[0] - first, mats[1:])
+    product = product + (first + jnp.sum(shifts, axis=0))
     product = product.reshape(batch_shape + sizes + sizes)
     inputs = OrderedDict((k, trans.inputs[k]) for k in (*batch, *prevs, *currs))
     return funsor.Tensor(product, inputs)
@@ -139,10 +157,13 @@ class Chain(NamedTuple):
         mats = mats.reshape((mats.shape[0], size, size))
 
         def step(v, m):
-            return jax.nn.logsumexp(v[:, None] + m, axis=0), None
+            v = jax.nn.logsumexp(v[:, None] + m, axis=0)
+            shift = _shift(jnp.max(v))
+            return v - shift, shift
 
-        v, _ = jax.lax.scan(step, v, mats)
-        return jax.nn.logsumexp(v)
+        first = _shift(jnp.max(v))
+        v, shifts = jax.lax.scan(step, v - first, mats)
+        return jax.nn.logsumexp(v) + (first + jnp.sum(shifts))
 
     def _forward_parts(self, v, prevs, currs, size):
         """:meth:`forward` from the factors one by one, as a hand-written forward algorithm:
