@@ -192,10 +192,13 @@ class Chain(NamedTuple):
         def step(v, x):
             m = pair[False] + (x[0] if jnp.ndim(pair[True]) else 0.0)
             c = curr[False] + (x[1] if jnp.ndim(curr[True]) else 0.0)
-            return jax.nn.logsumexp(v[:, None] + m, axis=0) + c, None
+            v = jax.nn.logsumexp(v[:, None] + m, axis=0) + c
+            shift = _shift(jnp.max(v))  # float32: carry v less its max, as forward does
+            return v - shift, shift
 
-        v, _ = jax.lax.scan(step, v, xs)
-        return jax.nn.logsumexp(v) + const
+        first = _shift(jnp.max(v))
+        v, shifts = jax.lax.scan(step, v - first, xs)
+        return jax.nn.logsumexp(v) + (first + jnp.sum(shifts)) + const
 
 
 def markov_factors(time_factors, time_init, time_markov, sum_vars, prod_vars, history):
