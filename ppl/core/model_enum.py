@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import sys
 from collections import OrderedDict, defaultdict
 from typing import NamedTuple
 
@@ -408,6 +409,19 @@ def _common_scale(tr, names, group_enum) -> float:
     return scale
 
 
+@contextlib.contextmanager
+def _recursion_limit(limit: int):
+    """Python's recursion limit raised to at least ``limit`` inside: funsor's optimizer
+    walks a contraction's expression recursively, one level per factor of a ``markov``
+    chain (T = 1000 steps overflowed the default 1000)."""
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old, limit))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(old)
+
+
 def _contract(tr, group, names, group_enum, plate_dims, frames_by_name) -> CollapsedTerm:
     inputs = frozenset().union(*(f.inputs for f in group))
     group_plates = frozenset(k for k in inputs if k in plate_dims)
@@ -423,7 +437,8 @@ def _contract(tr, group, names, group_enum, plate_dims, frames_by_name) -> Colla
                 eliminate=eliminate | (group_plates - outermost),
                 plates=group_plates,
             )
-        cost = funsor.optimizer.apply_optimizer(cost)
+        with _recursion_limit(2000 + 20 * len(group)):  # funsor recurses per factor
+            cost = funsor.optimizer.apply_optimizer(cost)
     except (ValueError, NotImplementedError) as err:
         raise EnumerationError(
             f"sites {sorted(set(names))}: the enumerated sites {sorted(group_enum)} cannot be "

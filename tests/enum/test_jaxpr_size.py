@@ -125,3 +125,43 @@ def test_homogeneous_transition_is_not_stacked_over_time():
     stacked = {s for s in shapes if len(s) >= 3 and s[-2:] == (S, S) and T - 1 in s[:-2]}
     assert not stacked, f"transition tables stacked over time: {sorted(stacked)}"
     assert any(T - 1 in s and S in s for s in shapes)  # the per-step emissions are there
+
+
+def test_long_markov_chain_contracts_beyond_the_recursion_limit():
+    """funsor's optimizer walks a markov chain's contraction recursively, about one level
+    per step: T = 1000 steps overflowed Python's default limit of 1000 (RecursionError in
+    ppl's elbo; NumPyro's TraceEnum_ELBO was still compiling after 5 minutes). ppl raises
+    the limit around the contraction; here the limit is lowered to 150 so that T = 60
+    overflows it without that (measured), and the value is the forward algorithm's."""
+    import sys
+
+    import numpyro
+    import numpyro.distributions as dist
+    from numpyro.contrib.funsor import markov
+
+    T, trans, locs = 60, jnp.full((3, 3), 0.1) + 0.7 * jnp.eye(3), jnp.arange(3.0)
+    y = _series(T)
+
+    def model(y):
+        x = 0
+        for t in markov(range(T)):
+            x = numpyro.sample(
+                f"x_{t}", dist.Categorical(trans[x]), infer={"enumerate": "parallel"}
+            )
+            numpyro.sample(f"y_{t}", dist.Normal(locs[x], 0.5), obs=y[t])
+
+    def forward(y):
+        emit = dist.Normal(locs, 0.5).log_prob(y[:, None])
+        alpha = jnp.log(trans[0]) + emit[0]
+        for t in range(1, T):
+            alpha = jax.nn.logsumexp(alpha[:, None] + jnp.log(trans), 0) + emit[t]
+        return jax.nn.logsumexp(alpha)
+
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(150)
+    try:
+        value = ppl.objectives.elbo().loss(jax.random.PRNGKey(0), {}, model, lambda y: None, y)
+    finally:
+        sys.setrecursionlimit(old)
+    assert sys.getrecursionlimit() == old
+    assert jnp.allclose(-value, forward(y), rtol=1e-5), (-value, forward(y))
