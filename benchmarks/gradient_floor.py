@@ -80,17 +80,23 @@ def floor_us_per_grad(name: str, steps: int, repeats: int) -> dict:
     }
 
 
+def _stored_runs(stored: dict, name: str, sampler: str) -> list[dict]:
+    """The seeds ``mcmc_posteriordb.json`` holds for ``sampler`` on ``name`` that counted
+    gradients."""
+    runs = stored["posteriors"].get(name, {}).get("samplers", {}).get(sampler, {})
+    return [r for r in runs.get("runs", []) if r["grads"]]
+
+
 def nuts_us_per_grad(stored: dict, name: str, sampler: str) -> float | None:
     """Median seconds per gradient over the compiled (non-first) seeds of a stored run, in us."""
-    runs = stored["posteriors"].get(name, {}).get("samplers", {}).get(sampler, {}).get("runs", [])
-    timed = [r["seconds"] / r["grads"] for r in runs if not r["compiles"] and r["grads"]]
+    runs = _stored_runs(stored, name, sampler)
+    timed = [r["seconds"] / r["grads"] for r in runs if not r["compiles"]]
     return 1e6 * statistics.median(timed) if timed else None
 
 
 def ess_per_grad_ratio(stored: dict, name: str) -> float | None:
     def mean(sampler):
-        runs = stored["posteriors"].get(name, {}).get("samplers", {}).get(sampler, {})
-        runs = [r["min_ess"] / r["grads"] for r in runs.get("runs", []) if r["grads"]]
+        runs = [r["min_ess"] / r["grads"] for r in _stored_runs(stored, name, sampler)]
         return np.mean(runs) if runs else None
 
     ours, theirs = mean("nuts"), mean("numpyro_nuts")

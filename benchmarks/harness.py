@@ -88,8 +88,9 @@ class Compiled:
         self.compile_s = t3 - t0  # first call, lowering included
         self.jaxpr = jaxpr_stats(traced.jaxpr)
         self.cost = _cost(self.compiled)
-        self.hlo_ops = _hlo_op_count(self.compiled)
-        self.entry_ops = entry_op_kinds(self.compiled)
+        text = _hlo_text(self.compiled)
+        self.hlo_ops = _hlo_op_count(text)
+        self.entry_ops = entry_op_kinds(text)
 
     def __call__(self, *args):
         return self.compiled(*(args or self.args))
@@ -100,11 +101,17 @@ class Compiled:
         return time.perf_counter() - t0
 
 
-def _hlo_op_count(compiled) -> int | None:
-    """Instructions in the optimized HLO (all computations, fusion bodies included)."""
+def _hlo_text(compiled) -> str | None:
+    """The optimized HLO of ``compiled`` as text (None where the backend gives none)."""
     try:
-        text = compiled.as_text()
+        return compiled.as_text()
     except Exception:  # pragma: no cover
+        return None
+
+
+def _hlo_op_count(text: str | None) -> int | None:
+    """Instructions in the optimized HLO (all computations, fusion bodies included)."""
+    if text is None:
         return None
     return sum(
         1 for line in text.splitlines() if " = " in line and not line.startswith("HloModule")
@@ -114,17 +121,15 @@ def _hlo_op_count(compiled) -> int | None:
 ENTRY_KINDS = ("fusion", "dot", "gather", "scatter", "loop")
 
 
-def entry_op_kinds(compiled) -> dict[str, int] | None:
+def entry_op_kinds(text: str | None) -> dict[str, int] | None:
     """Kernels the optimized HLO runs outside its loops: the ENTRY computation's
     instructions of each kind in :data:`ENTRY_KINDS` (``loop``: a ``while``, or the ``call``
     XLA's CPU backend makes of a small one; its body runs per iteration), and ``other`` for
     the rest that compute (copies included; parameters, tuples, constants and bitcasts
-    are free).
+    are free), in ``text``, a compiled program's ``as_text()``.
 
     Where a gradient's extra time is fixed rather than per step, this is where it runs."""
-    try:
-        text = compiled.as_text()
-    except Exception:  # pragma: no cover
+    if text is None:
         return None
     counts = dict.fromkeys((*ENTRY_KINDS, "other"), 0)
     free = ("parameter", "tuple", "get-tuple-element", "constant", "bitcast")

@@ -100,5 +100,5 @@ def test_hmm_time_split_and_kernels_outside_loops():
         y = jax.lax.fori_loop(0, 7, lambda i, c: jnp.sin(c) @ x, x)
         return jax.grad(lambda x: jnp.sum(jnp.tanh(x @ x)))(x) + y
 
-    kinds = entry_op_kinds(jax.jit(f).lower(jnp.ones((3, 3))).compile())
+    kinds = entry_op_kinds(jax.jit(f).lower(jnp.ones((3, 3))).compile().as_text())
     assert kinds["loop"] == 1 and kinds["dot"] >= 2 and kinds["fusion"] >= 1, kinds

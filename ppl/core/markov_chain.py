@@ -151,29 +151,19 @@ class Chain(NamedTuple):
         size = int(np.prod(sizes))
         alpha = _with_inputs(alpha, OrderedDict((p, inputs[p]) for p in prevs))
         v = alpha.align(tuple(prevs)).data.reshape(size)
-        if trans is None:
-            return self._forward_parts(v, prevs, currs, size)
-        mats = trans.align((self.time.name, *prevs, *currs)).data
-        mats = mats.reshape((mats.shape[0], size, size))
+        return self._forward_parts(v, self.parts if trans is None else (trans,), prevs, currs)
 
-        def step(v, m):
-            v = jax.nn.logsumexp(v[:, None] + m, axis=0)
-            shift = _shift(jnp.max(v))
-            return v - shift, shift
-
-        first = _shift(jnp.max(v))
-        v, shifts = jax.lax.scan(step, v - first, mats)
-        return jax.nn.logsumexp(v) + (first + jnp.sum(shifts))
-
-    def _forward_parts(self, v, prevs, currs, size):
+    def _forward_parts(self, v, parts, prevs, currs):
         """:meth:`forward` from the factors one by one, as a hand-written forward algorithm:
         v' = logsumexp_prev(v + P + P_t) + c + c_t, with P the factors that read the previous
         state (P_t those that also read time), c (c_t) those that read only the current one:
-        a time-homogeneous transition matrix stays (S, S), never stacked to (T, S, S)."""
-        time, n = self.time.name, self.time.output.size
+        a time-homogeneous transition matrix stays (S, S), never stacked to (T, S, S). In
+        float32 the carried v is less its max at every step (:func:`_shift`), the shifts
+        summed once at the end."""
+        time, n, size = self.time.name, self.time.output.size, v.shape[0]
         dims = OrderedDict((k, self.inputs[k]) for k in (time, *prevs, *currs))
         pair, curr, const = {False: 0.0, True: 0.0}, {False: 0.0, True: 0.0}, 0.0
-        for f in self.parts:
+        for f in parts:
             timed = time in f.inputs
             if set(f.inputs) & set(prevs):
                 keys, shape = (*prevs, *currs), (size, size)
@@ -193,7 +183,7 @@ class Chain(NamedTuple):
             m = pair[False] + (x[0] if jnp.ndim(pair[True]) else 0.0)
             c = curr[False] + (x[1] if jnp.ndim(curr[True]) else 0.0)
             v = jax.nn.logsumexp(v[:, None] + m, axis=0) + c
-            shift = _shift(jnp.max(v))  # float32: carry v less its max, as forward does
+            shift = _shift(jnp.max(v))
             return v - shift, shift
 
         first = _shift(jnp.max(v))

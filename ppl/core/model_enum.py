@@ -252,15 +252,17 @@ def collapsed_terms(fn, args, kwargs, nesting: int) -> list[CollapsedTerm]:
             lp = support_log_prob(site["fn"], site["value"], dim, masked=-np.log(states))
         else:
             lp = site_log_density(site)
-        _refuse_leaked_enum_dims(site, lp, dim_to_name, nesting)
-        # data dims outside any plate (no name, or the enum trace's default name for a
-        # dim no plate claims): summed, as NumPyro sums them
+        # dims no enumerated site or plate names (no name, or the enum trace's default
+        # name for a dim no plate claims): refused left of the plate dims, where they
+        # can only be a released enumeration dim; data dims outside any plate otherwise,
+        # summed, as NumPyro sums them
         free = tuple(
             d
             for d in range(-jnp.ndim(lp), 0)
             if jnp.shape(lp)[d] > 1
             and (d not in dim_to_name or dim_to_name[d].startswith("_pyro_dim_"))
         )
+        _refuse_leaked_enum_dims(site, [d for d in free if d < -nesting])
         if free:
             lp = jnp.sum(lp, axis=free, keepdims=True)
             dim_to_name = OrderedDict((d, n) for d, n in dim_to_name.items() if d not in free)
@@ -371,19 +373,13 @@ def _forward(tr, group, names, group_enum, plate_dims) -> CollapsedTerm | None:
     return CollapsedTerm(label, lp if scale == 1.0 else scale * lp, (), None)
 
 
-def _refuse_leaked_enum_dims(site, lp, dim_to_name, nesting: int) -> None:
-    """A site whose log density varies along an enumeration dim (left of the
-    ``nesting`` plate dims) that names no enumerated site there read an enumerated value
-    after the ``markov`` / ``scan`` context that enumerated it had ended (the carry a
-    ``scan`` returns, the last value of a ``markov`` loop): its dim was released, so nothing
-    says which site it belongs to. Summing along it would be a wrong number; NumPyro's
+def _refuse_leaked_enum_dims(site, leaked) -> None:
+    """A site whose log density varies along enumeration dims ``leaked`` (left of the
+    plate dims) that name no enumerated site read an enumerated value after the
+    ``markov`` / ``scan`` context that enumerated it had ended (the carry a ``scan``
+    returns, the last value of a ``markov`` loop): its dim was released, so nothing says
+    which site it belongs to. Summing along it would be a wrong number; NumPyro's
     ``TraceEnum_ELBO`` fails on such a model with a reshape error."""
-    leaked = [
-        d
-        for d in range(-jnp.ndim(lp), -nesting)
-        if jnp.shape(lp)[d] > 1
-        and (d not in dim_to_name or dim_to_name[d].startswith("_pyro_dim_"))
-    ]
     if leaked:
         raise EnumerationError(
             f"site '{site['name']}': its log density varies along enumeration dim(s) "

@@ -149,7 +149,9 @@ def _transition(logdensity_fn, step_size, metric: Metric, max_num_doublings, div
             r_ckpt = r_ckpt.at[idx_max].set(jnp.where(even, new.p, r_ckpt[idx_max]))
             r_sum_ckpt = r_sum_ckpt.at[idx_max].set(jnp.where(even, p_sum, r_sum_ckpt[idx_max]))
 
-            # all the levels' checks at once, masked to idx_min..idx_max (no inner loop)
+            # is_turning at all the levels at once, masked to idx_min..idx_max (no inner
+            # loop; written out so velocity(new.p) is computed once: vmapping is_turning
+            # itself was 3% slower per gradient, same draws)
             levels = jnp.arange(max_num_doublings)
             rho = p_sum - r_sum_ckpt + r_ckpt - (r_ckpt + new.p) / 2
             v_left = jax.vmap(velocity)(r_ckpt)
