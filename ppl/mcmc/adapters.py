@@ -20,6 +20,7 @@ one ``jax.jit`` cached on the kernel, keyed like NumPyro's own cache (argument i
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable
 from functools import partial, wraps
 from typing import Any, NamedTuple
@@ -44,7 +45,7 @@ from numpyro.util import _is_under_jax_transform, identity, is_prng_key
 from ..core.arguments import count
 from .base import Kernel, summarize
 from .ensemble_rescue import rescue_vectorized
-from .gradient import hmc, jitter_fraction, mala
+from .gradient import hmc, jitter_fraction, mala, positive_length
 from .metric import check_blocks, check_inverse_mass_matrix, euclidean, is_diagonal
 from .mh import random_walk
 from .nuts import nuts
@@ -733,10 +734,15 @@ class HMC(_LeapfrogKernel, NumPyroHMC):
     tuned value: with a fixed ε·L, a well-preconditioned near-Gaussian posterior can make
     trajectories near-periodic (measured on a 5-d Gaussian: min ESS 8–65 of 2000 draws in
     3 of 8 runs without jitter, ≥ 382 in all 8 with it). ``step_size_jitter=0`` turns it off.
+    ``trajectory_length`` τ without ``num_steps`` is NumPyro's ``HMC(model,
+    trajectory_length=τ)``: each iteration takes n = ⌈τ/ε⌉ leapfrog steps of size τ/n for
+    the (adapted, jittered) ε, reported as ``num_steps``; with both given, as in NumPyro,
+    the step size is τ / ``num_steps`` and not adapted (NumPyro warns; so does ppl).
     NumPyro's keywords work for a drop-in swap (``dense_mass``, ``regularize_mass_matrix``,
-    ``find_heuristic_step_size``, ``trajectory_length`` with ``num_steps`` given); those ppl
-    cannot honour (``kinetic_fn``, ``forward_mode_differentiation``, an adaptive step count
-    from ``trajectory_length`` alone) raise a ``ValueError``.
+    ``find_heuristic_step_size``); those ppl cannot honour (``kinetic_fn``,
+    ``forward_mode_differentiation``) raise a ``ValueError``. One default differs: with
+    neither ``num_steps`` nor ``trajectory_length``, ppl takes 10 steps where NumPyro's
+    ``HMC`` takes τ = 2π.
 
     Example::
 
@@ -777,15 +783,24 @@ class HMC(_LeapfrogKernel, NumPyroHMC):
             regularize_mass_matrix,
         )
         self._set_mass_structure(dense_mass, "ppl.mcmc.HMC")
-        if num_steps is None:  # 10 steps, unless a trajectory_length asks for NumPyro's
-            if trajectory_length is not None:  # adaptive count, which is refused, not ignored
-                raise ValueError(
-                    "ppl.mcmc.HMC: a trajectory_length without num_steps (NumPyro's"
-                    " adaptive step count) is not supported: give num_steps (e.g."
-                    " round(trajectory_length / step_size)), or use ppl.mcmc.NUTS"
-                )
+        if num_steps is None and trajectory_length is None:
             num_steps = 10
-        self._num_steps = count(num_steps, "num_steps", "HMC")
+        self._trajectory_length = None
+        if num_steps is not None:
+            self._num_steps = count(num_steps, "num_steps", "HMC")
+            if trajectory_length is not None:  # NumPyro: ε = τ / num_steps, not adapted
+                length = positive_length(trajectory_length, "ppl.mcmc.HMC")
+                if adapt_step_size:
+                    warnings.warn(
+                        "ppl.mcmc.HMC: with both num_steps and trajectory_length the step size"
+                        " is trajectory_length / num_steps and is not adapted (as NumPyro's HMC)",
+                        stacklevel=2,
+                    )
+                self._step_size = length / self._num_steps
+                self._adapt_step_size = False
+        else:  # NumPyro's rule: ⌈trajectory_length / ε⌉ steps of the adapted ε
+            self._num_steps = None
+            self._trajectory_length = positive_length(trajectory_length, "ppl.mcmc.HMC")
         self._adjusted = adjusted
         self._jitter = jitter_fraction(step_size_jitter, "HMC")
 
@@ -797,10 +812,11 @@ class HMC(_LeapfrogKernel, NumPyroHMC):
             inverse_mass_matrix,
             adjusted=self._adjusted,
             step_size_jitter=self._jitter,
+            trajectory_length=self._trajectory_length,
         )
 
     def gradient_evaluations(self, info):
-        return self._num_steps
+        return info.num_steps
 
     def divergence(self, info):
         return info.is_divergent

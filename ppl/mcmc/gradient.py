@@ -1,4 +1,5 @@
-"""Gradient-based kernels: MALA and HMC with a fixed number of leapfrog steps."""
+"""Gradient-based kernels: MALA, and HMC with a fixed number of leapfrog steps or a fixed
+trajectory length."""
 
 from __future__ import annotations
 
@@ -61,12 +62,15 @@ def mala(
 def leapfrog(logdensity_fn: Callable, step_size, num_steps: int, inverse_mass_matrix=1.0):
     """``num_steps`` leapfrog steps of H(x, p) = -log π(x) + ½pᵀM⁻¹p on flat arrays.
     ``inverse_mass_matrix`` M⁻¹ is a scalar, a diagonal, a dense (d, d) matrix or a
-    :class:`ppl.mcmc.metric.Metric` (whose ``velocity`` gives M⁻¹p).
+    :class:`ppl.mcmc.metric.Metric` (whose ``velocity`` gives M⁻¹p). ``num_steps`` is an
+    int, or a traced integer array (a step count computed inside ``jit``: the loop is then
+    a ``while``, which reverse-mode autodiff cannot go through).
 
     Returns ``integrate(x, p, grad_x) -> (x, p, logdensity, grad)``; ``logdensity_fn``
     takes the flat array. Example: ``leapfrog(lambda x: -0.5 * x @ x, 0.1, 10)``.
     """
-    num_steps = count(num_steps, "num_steps", "leapfrog", minimum=0)
+    if not isinstance(num_steps, jax.core.Tracer):
+        num_steps = count(num_steps, "num_steps", "leapfrog", minimum=0)
     vg = jax.value_and_grad(logdensity_fn)
 
     def integrate(x, p, grad):
@@ -102,6 +106,20 @@ class HMCInfo(NamedTuple):
     acceptance_rate: jax.Array
     is_accepted: jax.Array
     is_divergent: jax.Array
+    num_steps: jax.Array | int | None = None  # leapfrog steps taken (trajectory_length mode)
+
+
+def positive_length(value, who: str) -> float:
+    """``value`` as a float > 0: a trajectory length."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        length = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{who}: trajectory_length must be a number > 0, got {value!r}") from None
+    if not length > 0 or length == float("inf"):
+        raise ValueError(f"{who}: trajectory_length must be a finite number > 0, got {value!r}")
+    return length
 
 
 def jitter_fraction(value, who: str) -> float:
@@ -114,10 +132,11 @@ def jitter_fraction(value, who: str) -> float:
 def hmc(
     logdensity_fn: Callable,
     step_size: float | jax.Array,
-    num_steps: int,
+    num_steps: int | None = None,
     inverse_mass_matrix: float | jax.Array = 1.0,
     adjusted: bool = True,
     step_size_jitter: float = 0.0,
+    trajectory_length: float | None = None,
 ) -> Kernel:
     """Hamiltonian Monte Carlo with ``num_steps`` leapfrog steps and a fresh momentum
     p ~ N(0, M) each step; ``adjusted=False`` skips the MH test (unadjusted HMC, biased
@@ -127,12 +146,24 @@ def hmc(
     independently of the state (so the kernel stays reversible): it breaks the
     near-periodic trajectories of a fixed ε·L on near-Gaussian targets (Neal, 2011, §5.4).
 
+    Give ``trajectory_length`` τ instead of ``num_steps`` for NumPyro's ``HMC`` rule: each
+    step takes n = ⌈τ/ε'⌉ leapfrog steps of size τ/n, so every trajectory has length τ
+    exactly and the count follows the (adapted) step size; ``info.num_steps`` reports n.
+    The count is then a traced value (a ``while`` loop): such a kernel runs under ``jit``,
+    ``vmap`` and ``scan``, but reverse-mode autodiff cannot go through its step.
+
     Example::
 
         k = hmc(lambda x: -0.5 * jnp.sum(x**2), step_size=0.3, num_steps=10)
+        k = hmc(lambda x: -0.5 * jnp.sum(x**2), step_size=0.3, trajectory_length=1.5)
         state, info = k.step(key, k.init(jnp.zeros(3)))
     """
-    num_steps = count(num_steps, "num_steps", "hmc")
+    if (num_steps is None) == (trajectory_length is None):
+        raise ValueError("hmc: give one of num_steps or trajectory_length")
+    if num_steps is not None:
+        num_steps = count(num_steps, "num_steps", "hmc")
+    else:
+        trajectory_length = positive_length(trajectory_length, "hmc")
     step_size_jitter = jitter_fraction(step_size_jitter, "hmc")
     init = _grad_init(logdensity_fn)
 
@@ -154,7 +185,11 @@ def hmc(
         if step_size_jitter:
             u = jax.random.uniform(k_eps[0], (), minval=-1.0)
             eps = step_size * (1.0 + step_size_jitter * u)
-        integrate = leapfrog(lambda z: logdensity_fn(unravel(z)), eps, num_steps, inv_mass)
+        steps = num_steps
+        if trajectory_length is not None:  # NumPyro's count: n = ⌈τ/ε⌉, then ε = τ/n
+            steps = jnp.maximum(jnp.ceil(trajectory_length / eps), 1).astype(jnp.int32)
+            eps = trajectory_length / steps
+        integrate = leapfrog(lambda z: logdensity_fn(unravel(z)), eps, steps, inv_mass)
         y, q, logdensity, gy = integrate(x, p, gx)
         new = GradState(unravel(y), logdensity, unravel(gy))
         new_kinetic = kinetic(q)
@@ -164,9 +199,11 @@ def hmc(
         log_ratio = jnp.where(jnp.isfinite(new_kinetic - logdensity), log_ratio, -jnp.inf)
         log_ratio = jnp.where(jnp.isnan(log_ratio), -jnp.inf, log_ratio)
         divergent = log_ratio < -MAX_ENERGY_ERROR
+        steps = jnp.asarray(steps, jnp.int32)
         if adjusted:
             new, info = mh_accept(k_acc, log_ratio, new, state)
-            return new, HMCInfo(*info, divergent)
-        return new, HMCInfo(jnp.exp(jnp.minimum(log_ratio, 0.0)), jnp.asarray(True), divergent)
+            return new, HMCInfo(*info, divergent, steps)
+        accept_prob = jnp.exp(jnp.minimum(log_ratio, 0.0))
+        return new, HMCInfo(accept_prob, jnp.asarray(True), divergent, steps)
 
     return Kernel(init, step)

@@ -3,6 +3,7 @@ what ppl cannot honour is refused by name."""
 
 import pickle
 
+import arviz as az
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -70,13 +71,63 @@ def test_unknown_extra_field_is_named():
         (lambda: mcmc.NUTS(model, max_tree_depth=(8, 10, 12)), "pair"),
         (lambda: mcmc.NUTS(model, max_tree_depth=(0, 10)), r"max_tree_depth\[0\]"),
         (lambda: mcmc.NUTS(model, max_tree_depth=4, max_num_doublings=6), "same bound"),
-        (lambda: mcmc.HMC(model, num_steps=None, trajectory_length=1.0), "trajectory_length"),
-        (lambda: mcmc.HMC(model, trajectory_length=1.0), "trajectory_length"),
+        (lambda: mcmc.HMC(model, trajectory_length=0.0), "trajectory_length"),
+        (lambda: mcmc.HMC(model, trajectory_length=-1.0), "trajectory_length"),
+        (lambda: mcmc.HMC(model, trajectory_length="2pi"), "trajectory_length"),
+        (lambda: mcmc.hmc(lambda x: -x @ x, 0.1, 5, trajectory_length=1.0), "one of"),
+        (lambda: mcmc.hmc(lambda x: -x @ x, 0.1), "one of"),
     ],
 )
 def test_numpyro_options_ppl_cannot_honour_are_refused(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_pure_hmc_trajectory_length_takes_ceil_steps_of_equal_length():
+    """trajectory_length τ at ε: ⌈τ/ε⌉ = 4 steps of τ/4, the fixed-count kernel's draw."""
+    ld = lambda x: -0.5 * jnp.sum(x**2 / jnp.array([1.0, 4.0]))
+    key, x0 = jax.random.key(3), jnp.array([0.5, -1.0])
+    by_length = mcmc.hmc(ld, 0.4, trajectory_length=1.3)
+    by_count = mcmc.hmc(ld, 1.3 / 4, 4)
+    state, info = jax.jit(by_length.step)(key, by_length.init(x0))
+    expected, _ = jax.jit(by_count.step)(key, by_count.init(x0))
+    np.testing.assert_allclose(state.position, expected.position, rtol=1e-6)
+    assert int(info.num_steps) == 4
+
+
+def test_hmc_trajectory_length_alone_is_numpyros_adaptive_step_count():
+    """NumPyro's ``HMC(model, trajectory_length=τ)``: every iteration takes ⌈τ/ε⌉ steps of
+    the adapted ε (reported as num_steps), and the posterior is the exact one."""
+    tau = 2 * np.pi  # NumPyro's default
+    m = MCMC(
+        mcmc.HMC(model, trajectory_length=tau, step_size_jitter=0.0),
+        num_warmup=200,
+        num_samples=1000,
+        num_chains=2,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
+    m.run(jax.random.PRNGKey(0), Y, extra_fields=("num_steps", "adapt_state.step_size"))
+    extra = m.get_extra_fields(group_by_chain=True)
+    step = np.asarray(extra["adapt_state.step_size"], np.float64)
+    np.testing.assert_array_equal(extra["num_steps"], np.ceil(tau / step))
+    counts = np.asarray(extra["num_steps"])
+    assert np.all((counts >= 2) & (counts != 10)), np.unique(counts)  # followed ε, not 10
+    mu = np.asarray(m.get_samples(group_by_chain=True)["mu"], np.float64)
+    precision = 1 / 4 + len(Y)  # N(0, 2²) prior, unit-variance observations
+    exact_mean, exact_sd = float(Y.sum()) / precision, precision**-0.5
+    z_mean = (mu.mean() - exact_mean) / float(az.mcse(mu))
+    z_sd = (mu.std(ddof=1) - exact_sd) / float(az.mcse(mu, method="sd"))
+    assert abs(z_mean) < 4 and abs(z_sd) < 4, (z_mean, z_sd)
+
+
+def test_hmc_num_steps_and_trajectory_length_fix_the_step_size_as_numpyro():
+    """Both given: ε = τ / num_steps, not adapted (NumPyro's rule, and its warning)."""
+    with pytest.warns(UserWarning, match="not adapted"):
+        kernel = mcmc.HMC(model, num_steps=4, trajectory_length=1.2)
+    m = run(kernel, extra_fields=("num_steps", "adapt_state.step_size"))
+    np.testing.assert_allclose(m.get_extra_fields()["adapt_state.step_size"], 0.3, rtol=1e-6)
+    assert np.all(np.asarray(m.get_extra_fields()["num_steps"]) == 4)
 
 
 def test_misspelt_keyword_is_named():
@@ -94,7 +145,8 @@ def test_numpyro_defaults_are_accepted():
         regularize_mass_matrix=True,
     )
     mcmc.NUTS(model, max_tree_depth=10, trajectory_length=None, **kw)
-    mcmc.HMC(model, num_steps=5, trajectory_length=6.28, **kw)
+    with pytest.warns(UserWarning, match="not adapted"):  # NumPyro warns the same
+        mcmc.HMC(model, num_steps=5, trajectory_length=6.28, **kw)
     # and NumPyro's dense / structured mass matrices (tests/mcmc/test_dense_mass.py)
     mcmc.NUTS(model, **{**kw, "dense_mass": True})
     mcmc.HMC(model, num_steps=5, **{**kw, "dense_mass": [("mu",)]})

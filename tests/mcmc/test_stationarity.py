@@ -51,6 +51,13 @@ CASES = [
     ("hmc", HMC, sample, True),
     # ε drawn per step from [0.2, 0.6]: a mixture of reversible kernels
     ("hmc_jittered", mcmc.hmc(logp, 0.4, 5, step_size_jitter=0.5), sample, True),
+    # NumPyro's trajectory_length rule: n = ⌈1.3/ε'⌉ steps of 1.3/n, ε' jittered (n in 3..5)
+    (
+        "hmc_trajectory_length",
+        mcmc.hmc(logp, 0.4, trajectory_length=1.3, step_size_jitter=0.3),
+        sample,
+        True,
+    ),
     # BlackJAX's NUTS (a stale log density carried between steps is caught at z = 7.6)
     ("nuts_preconditioned", mcmc.nuts(logp, 0.6, jnp.array([0.6, 1.8])), sample, True),
     # ChEES-HMC's transition: ⌈u·T/ε⌉ leapfrog steps, u ~ U(0, 1] from the key (a mixture
