@@ -37,6 +37,7 @@ import funsor
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro.distributions as dist
 from numpyro.contrib.funsor import enum, plate_to_enum_plate, to_data, to_funsor
 from numpyro.contrib.funsor import trace as packed_trace
 from numpyro.contrib.funsor.infer_util import _get_shift, _shift_name
@@ -83,6 +84,87 @@ def check_enumerable(name: str, fn) -> None:
             "enumeration sums over one value per batch element; put those dims in a "
             "numpyro.plate instead of .to_event(), or sample the site in the guide"
         )
+
+
+_INDEX_SUPPORT = (
+    dist.CategoricalProbs,
+    dist.CategoricalLogits,
+    dist.BernoulliProbs,
+    dist.BernoulliLogits,
+    dist.BinomialProbs,
+    dist.BinomialLogits,
+)
+
+
+def support_values(fn):
+    """The values of ``fn``'s support, ``(S, *batch)``, or ``None`` where they are the
+    indices ``arange(S)``, the value NumPyro's ``enum`` gives an enumerated site (true of
+    ``Categorical``, ``Bernoulli``, ``Binomial``; not of ``DiscreteUniform(-2, 2)``)."""
+    base = base_distribution(fn)
+    if isinstance(base, _INDEX_SUPPORT):
+        return None
+    support = base.enumerate_support(expand=False)
+    try:
+        concrete = np.asarray(support)
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        return support  # traced bounds: map to be safe
+    index = np.arange(concrete.shape[0]).reshape((-1,) + (1,) * (concrete.ndim - 1))
+    return None if np.array_equal(concrete, np.broadcast_to(index, concrete.shape)) else support
+
+
+def check_index_enumeration(trace, who: str) -> None:
+    """Refuse a site marked for enumeration whose support is not 0..S-1, in a program
+    whose enumeration is NumPyro's own (its enumerated ``log_density``, which NumPyro's and
+    ppl's HMC / NUTS sample): there it would be scored, and fed to the model, as the
+    indices 0..S-1 instead of its values, a wrong posterior without an error."""
+    for name, site in trace.items():
+        if site["type"] != "sample" or site.get("is_observed") or not is_marked(site):
+            continue
+        support = support_values(site["fn"])
+        if support is not None:
+            base = base_distribution(site["fn"])
+            raise EnumerationError(
+                f"{who}: site '{name}' is marked for enumeration and its "
+                f"{type(base).__name__} support is not 0..{jnp.shape(support)[0] - 1}: "
+                "NumPyro's enumerated log density (numpyro.contrib.funsor), which this "
+                "kernel samples, would score it and feed the model the indices 0..S-1 in "
+                "place of its values. Sample an index instead (i ~ Categorical, value = "
+                "support[i]), or fit the model with a ppl objective, whose enumeration "
+                "uses the values"
+            )
+
+
+class _support_values(Messenger):
+    """NumPyro's ``enum`` gives an enumerated site the indices ``arange(S)`` as its value
+    (``numpyro.contrib.funsor.enum``), which are the support only where it is {0, ..., S-1}:
+    ``TraceEnum_ELBO`` scores a ``DiscreteUniform(-2, 2)`` site, and feeds the model, the
+    values 0..4. Installed inside ``enum``, this handler puts the support's values in
+    their place (on the site's enumeration dim), before the trace records them."""
+
+    def postprocess_message(self, msg):
+        infer = msg.get("infer") or {}
+        if (
+            msg["type"] != "sample"
+            or msg.get("is_observed")
+            or not msg.get("done")
+            or infer.get("enumerate") != "parallel"
+            or infer.get("_ppl_support_values")
+        ):
+            return
+        support = support_values(msg["fn"])
+        if support is None:
+            return
+        # enum's value: arange(S) on the site's enumeration dim, size 1 right of it
+        value_shape = jnp.shape(msg["value"])
+        batch = tuple(jnp.shape(support)[1:])
+        pad = len(value_shape) - 1 - len(batch)
+        if pad < 0 or value_shape[0] != jnp.shape(support)[0]:
+            raise EnumerationError(
+                f"site '{msg['name']}': its support {tuple(jnp.shape(support))} does not fit "
+                f"the enumerated value's shape {value_shape}"
+            )
+        msg["value"] = jnp.reshape(support, (value_shape[0],) + (1,) * pad + batch)
+        infer["_ppl_support_values"] = True
 
 
 def max_plate_nesting(trace) -> int:
@@ -218,9 +300,10 @@ def collapsed_terms(fn, args, kwargs, nesting: int) -> list[CollapsedTerm]:
     Returns the terms in trace order: eliminated groups, and ordinary sites (``lp`` None:
     the caller scores them as it scores a model without enumerated sites).
     """
+    tracer = packed_trace(time_parallel_scans(_own_infer(fn)))
     with block(hide_fn=lambda msg: msg["type"] == "sample"):
-        with plate_to_enum_plate(), enum(first_available_dim=-nesting - 1):
-            tr = packed_trace(time_parallel_scans(_own_infer(fn))).get_trace(*args, **kwargs)
+        with plate_to_enum_plate(), enum(first_available_dim=-nesting - 1), _support_values():
+            tr = tracer.get_trace(*args, **kwargs)
 
     plate_dims, frames_by_name = {}, {}
     for site in tr.values():

@@ -43,6 +43,7 @@ from numpyro.infer.util import ParamInfo, initialize_model
 from numpyro.util import _is_under_jax_transform, identity, is_prng_key
 
 from ..core.arguments import count
+from ..core.model_enum import check_index_enumeration
 from .base import Kernel, summarize
 from .ensemble_rescue import rescue_vectorized
 from .gradient import hmc, jitter_fraction, mala, positive_length
@@ -350,6 +351,7 @@ class ModelKernel(MCMCKernel):
             model_args=model_args,
             model_kwargs=model_kwargs,
         )
+        check_index_enumeration(self._model_trace, f"ppl.mcmc.{type(self).__name__}")
         return info.z if init_params is None else init_params
 
     def pure_kernel(
