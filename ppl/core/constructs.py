@@ -147,7 +147,7 @@ class _fill_enumerated(Messenger):
             return
         name, fn = msg["name"], msg["fn"]
         if is_marked(msg):
-            check_enumerable(name, fn)
+            check_enumerable(name, fn, (msg.get("kwargs") or {}).get("sample_shape"))
             self.enumerated.append(name)
             support = fn.enumerate_support(expand=True)
             msg["value"] = support[(0,) * (jnp.ndim(support) - len(fn.shape()))]

@@ -69,8 +69,9 @@ def is_marked(site) -> bool:
     return (site.get("infer") or {}).get("enumerate") == "parallel"
 
 
-def check_enumerable(name: str, fn) -> None:
-    """A site marked for enumeration must have finite support."""
+def check_enumerable(name: str, fn, sample_shape=()) -> None:
+    """A site marked for enumeration must have finite support, scalar events and no
+    ``sample_shape``."""
     if not getattr(base_distribution(fn), "has_enumerate_support", False):
         raise EnumerationError(
             f"site '{name}' is marked infer={{'enumerate': 'parallel'}} but "
@@ -83,6 +84,14 @@ def check_enumerable(name: str, fn) -> None:
             f"{type(fn).__name__} has event shape {fn.event_shape} (from .to_event()): "
             "enumeration sums over one value per batch element; put those dims in a "
             "numpyro.plate instead of .to_event(), or sample the site in the guide"
+        )
+    if tuple(sample_shape or ()):
+        raise EnumerationError(
+            f"site '{name}' is marked infer={{'enumerate': 'parallel'}} and has "
+            f"sample_shape={tuple(sample_shape)}: NumPyro's enum gives the site one value "
+            "per enumerated state, not one per sample, so its samples would share one "
+            "value (TraceEnum_ELBO returns that wrong number without an error). Put those "
+            "dims in a numpyro.plate (or .expand() the distribution) instead of sample_shape"
         )
 
 
@@ -120,6 +129,9 @@ def check_index_enumeration(trace, who: str) -> None:
     for name, site in trace.items():
         if site["type"] != "sample" or site.get("is_observed") or not is_marked(site):
             continue
+        if not getattr(site["fn"], "has_enumerate_support", False):
+            continue  # NumPyro's enum leaves it alone
+        check_enumerable(name, site["fn"], (site.get("kwargs") or {}).get("sample_shape"))
         support = support_values(site["fn"])
         if support is not None:
             base = base_distribution(site["fn"])
