@@ -162,7 +162,11 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("kernel", [ppl.mcmc.NUTS, ppl.mcmc.HMC])
+@pytest.mark.parametrize(
+    "kernel",
+    [ppl.mcmc.NUTS, pytest.param(ppl.mcmc.HMC, marks=pytest.mark.slow)],
+    ids=["NUTS", "HMC"],
+)
 def test_numpyro_enumerated_potential_is_refused_where_it_would_score_indices(kernel):
     """ppl's HMC / NUTS sample NumPyro's enumerated log density, which scores the indices
     0..S-1: a DiscreteUniform(-2, 2) site marked for enumeration is refused by name (0..4
@@ -198,7 +202,11 @@ def _params(model, x):
     return out, transforms
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+FAST = {"discrete_uniform", "discrete_uniform_from_zero", "discrete_uniform_markov", "masked"}
+PARAMS = [c if c.name in FAST else pytest.param(c, marks=pytest.mark.slow) for c in CASES]
+
+
+@pytest.mark.parametrize("case", PARAMS, ids=[c.name for c in CASES])
 def test_value_and_gradient_equal_trace_enum_and_brute_force(case):
     with enable_x64():
         x = jnp.asarray(X)
